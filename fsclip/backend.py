@@ -1,0 +1,60 @@
+"""The one switch between the bundled engine and a real Dassl installation.
+
+``FSCLIP_BACKEND`` selects it: ``bundled`` (our engine), ``dassl`` (require real Dassl) or
+``auto`` (default: Dassl when ``import dassl`` works, otherwise bundled). Trainers and datasets
+import registries and base classes from here, never from ``dassl`` or ``fsclip.engine``
+directly, so they register into whichever engine runs them.
+
+Our LR scheduler builder and checkpoint loader are used in both cases: Dassl's break on
+current torch (see README, "Dassl compatibility").
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+_CHOICES = ("auto", "bundled", "dassl")
+
+
+def choose_backend() -> str:
+    """Return ``"dassl"`` or ``"bundled"`` from FSCLIP_BACKEND and what is importable."""
+    wanted = os.environ.get("FSCLIP_BACKEND", "auto").strip().lower() or "auto"
+    if wanted not in _CHOICES:
+        raise ValueError(
+            f"FSCLIP_BACKEND={wanted!r} is not valid; use one of {', '.join(_CHOICES)}"
+        )
+    has_dassl = importlib.util.find_spec("dassl") is not None
+    if wanted == "dassl" and not has_dassl:
+        raise ImportError(
+            "FSCLIP_BACKEND=dassl but the 'dassl' package is not importable; install Dassl "
+            "(python setup.py develop in a Dassl.pytorch clone) or set FSCLIP_BACKEND=bundled"
+        )
+    if wanted == "bundled" or not has_dassl:
+        return "bundled"
+    return "dassl"
+
+
+BACKEND = choose_backend()
+
+if BACKEND == "dassl":  # pragma: no cover - exercised with a fake dassl in tests
+    from dassl.config import get_cfg_default
+    from dassl.data.datasets import DATASET_REGISTRY, DatasetBase, Datum
+    from dassl.engine import TRAINER_REGISTRY, build_trainer
+    from dassl.engine import TrainerX as _DasslTrainerX
+
+    from fsclip.engine.compat import DasslCompatMixin
+
+    class TrainerX(DasslCompatMixin, _DasslTrainerX):
+        """Dassl's TrainerX with checkpoint loading that works on torch >= 2.6."""
+
+else:
+    from fsclip.engine.config import get_cfg_default
+    from fsclip.engine.data.base import DatasetBase, Datum
+    from fsclip.engine.registry import DATASET_REGISTRY, TRAINER_REGISTRY, build_trainer
+    from fsclip.engine.trainer import TrainerX
+
+__all__ = [
+    "BACKEND", "choose_backend", "get_cfg_default", "DATASET_REGISTRY", "DatasetBase", "Datum",
+    "TRAINER_REGISTRY", "TrainerX", "build_trainer",
+]

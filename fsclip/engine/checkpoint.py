@@ -1,0 +1,149 @@
+"""Checkpoints in Dassl's layout, loadable with ``torch.load(weights_only=True)``.
+
+Layout: ``<dir>/<model_name>/model.pth.tar-<epoch>`` (or ``model-best.pth.tar``) holding a dict
+with keys ``state_dict``, ``epoch``, ``optimizer``, ``scheduler``, ``val_result``, plus a text
+file ``<dir>/<model_name>/checkpoint`` naming the latest file.
+
+Checkpoints written by Dassl/CoOp pickle a scheduler object (its warmup successor), which
+``weights_only`` refuses. ``load_checkpoint`` then retries with every such object replaced by an
+inert placeholder: no code from the file runs, and the tensors load intact.
+"""
+
+from __future__ import annotations
+
+import os.path as osp
+import re
+import shutil
+from collections import OrderedDict
+from typing import Any, Dict, List, Optional
+
+import torch
+import torch.nn as nn
+from torch.serialization import safe_globals
+
+from .utils import atomic_torch_save, atomic_write_text, mkdir_if_missing
+
+
+def save_checkpoint(state: Dict[str, Any], save_dir: str, is_best: bool = False,
+                    remove_module_from_keys: bool = True, model_name: str = "") -> str:
+    """Save ``state`` to ``save_dir/model.pth.tar-<epoch>`` (atomically) and update the
+    ``checkpoint`` pointer file. Returns the path written."""
+    mkdir_if_missing(save_dir)
+    if remove_module_from_keys:
+        state = dict(state)
+        state["state_dict"] = OrderedDict(
+            (k[7:] if k.startswith("module.") else k, v) for k, v in state["state_dict"].items()
+        )
+    epoch = state["epoch"]
+    if not model_name:
+        model_name = f"model.pth.tar-{epoch}"
+    fpath = osp.join(save_dir, model_name)
+    atomic_torch_save(state, fpath)
+    print(f"Checkpoint saved to {fpath}")
+    atomic_write_text(osp.join(save_dir, "checkpoint"), f"{osp.basename(fpath)}\n")
+    if is_best:
+        best_fpath = osp.join(osp.dirname(fpath), "model-best.pth.tar")
+        shutil.copy(fpath, best_fpath)
+        print(f'Best checkpoint saved to "{best_fpath}"')
+    return fpath
+
+
+class _Inert:
+    """Stands in for a class a legacy checkpoint names: stores what it is given, runs nothing."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> "_Inert":
+        obj = object.__new__(cls)
+        obj.__dict__["_args"] = args
+        return obj
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def __setstate__(self, state: Any) -> None:
+        self.__dict__["_state"] = state
+
+    def __repr__(self) -> str:
+        return f"<placeholder for {type(self).__qualname__}>"
+
+
+_UNSUPPORTED = re.compile(r"Unsupported global: GLOBAL ([\w\.]+)")
+
+
+def load_checkpoint(fpath: str) -> Dict[str, Any]:
+    """Load a checkpoint on the CPU with ``weights_only=True``.
+
+    Legacy Dassl/CoOp files that pickle objects are loaded with those objects replaced by
+    inert placeholders (a note lists them); nothing in the file is executed.
+    """
+    if not fpath:
+        raise ValueError("File path is empty")
+    if not osp.exists(fpath):
+        raise FileNotFoundError(f'No checkpoint file at "{fpath}"')
+    placeholders: List[Any] = []
+    names: List[str] = []
+    for _ in range(64):
+        try:
+            with safe_globals(placeholders):
+                ckpt = torch.load(fpath, map_location="cpu", weights_only=True)
+            break
+        except Exception as err:  # torch raises UnpicklingError wrapped in various types
+            match = _UNSUPPORTED.search(str(err))
+            if match is None or match.group(1) in names:
+                raise RuntimeError(
+                    f'Cannot load checkpoint "{fpath}": {err}. It is not a checkpoint written '
+                    f"by this toolkit, Dassl or CoOp, or it is corrupt."
+                ) from None
+            full_path = match.group(1)
+            module, _, name = full_path.rpartition(".")
+            stub = type(name, (_Inert,), {"__module__": module, "__qualname__": name})
+            placeholders.append((stub, full_path))
+            names.append(full_path)
+    else:  # pragma: no cover - a file naming 64 distinct classes
+        raise RuntimeError(f'Cannot load checkpoint "{fpath}": too many unknown objects')
+    if names:
+        print(f"Note: {fpath} pickles objects {names}; they were replaced by inert placeholders "
+              f"(weights are intact)")
+    return ckpt
+
+
+def resume_from_checkpoint(fdir: str, model: nn.Module, optimizer: Optional[torch.optim.Optimizer] = None,
+                           scheduler: Any = None) -> int:
+    """Resume from the file named in ``fdir/checkpoint``; returns the epoch to start from."""
+    with open(osp.join(fdir, "checkpoint"), "r") as f:
+        model_name = f.readlines()[0].strip("\n")
+        fpath = osp.join(fdir, model_name)
+    print(f'Load checkpoint from "{fpath}"')
+    checkpoint = load_checkpoint(fpath)
+    model.load_state_dict(checkpoint["state_dict"])
+    print("Loaded model weights")
+    if optimizer is not None and checkpoint.get("optimizer") is not None:
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        print("Loaded optimizer")
+    if scheduler is not None and isinstance(checkpoint.get("scheduler"), dict):
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        print("Loaded scheduler")
+    start_epoch = checkpoint["epoch"]
+    print(f"Previous epoch: {start_epoch}")
+    return start_epoch
+
+
+def load_pretrained_weights(model: nn.Module, weight_path: str) -> None:
+    """Load matching keys (name and shape) of a checkpoint into ``model``; report the rest."""
+    checkpoint = load_checkpoint(weight_path)
+    state_dict = checkpoint.get("state_dict", checkpoint)
+    model_dict = model.state_dict()
+    matched, discarded = OrderedDict(), []
+    for k, v in state_dict.items():
+        k = k[7:] if k.startswith("module.") else k
+        if k in model_dict and model_dict[k].size() == v.size():
+            matched[k] = v
+        else:
+            discarded.append(k)
+    model_dict.update(matched)
+    model.load_state_dict(model_dict)
+    if not matched:
+        print(f'Cannot load "{weight_path}" (check the key names manually)')
+    else:
+        print(f'Successfully loaded pretrained weights from "{weight_path}"')
+        if discarded:
+            print(f"Layers discarded due to unmatched keys or size: {discarded}")

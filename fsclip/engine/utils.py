@@ -1,0 +1,126 @@
+"""Small utilities shared by the engine (seeding, files, meters)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import os.path as osp
+import random
+import tempfile
+from collections import defaultdict
+from typing import Any, Dict, List
+
+import numpy as np
+import torch
+
+
+def set_random_seed(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA) like Dassl."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)
+
+
+def mkdir_if_missing(dirname: str) -> None:
+    if not osp.exists(dirname):
+        try:
+            os.makedirs(dirname)
+        except OSError as e:
+            if e.errno != errno.EEXIST:
+                raise
+
+
+def check_isfile(fpath: str) -> bool:
+    return osp.isfile(fpath)
+
+
+def tolist_if_not(x: Any) -> list:
+    return x if isinstance(x, list) else [x]
+
+
+def count_num_param(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def atomic_write_bytes(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder + os.replace."""
+    folder = osp.dirname(osp.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix="-" + osp.basename(path), dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if osp.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_torch_save(obj: Any, path: str) -> None:
+    """torch.save to a temporary file next to ``path``, then rename it into place."""
+    folder = osp.dirname(osp.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix="-" + osp.basename(path), dir=folder)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if osp.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+class AverageMeter:
+    """Running value and average of a scalar."""
+
+    def __init__(self, ema: bool = False) -> None:
+        self.ema = ema
+        self.reset()
+
+    def reset(self) -> None:
+        self.val = 0.0
+        self.avg = 0.0
+        self.sum = 0.0
+        self.count = 0
+
+    def update(self, val: Any, n: int = 1) -> None:
+        if isinstance(val, torch.Tensor):
+            val = val.item()
+        self.val = val
+        self.sum += val * n
+        self.count += n
+        if self.ema:
+            self.avg = self.avg * 0.9 + self.val * 0.1
+        else:
+            self.avg = self.sum / self.count
+
+
+class MetricMeter:
+    """A group of AverageMeters printed as ``name val (avg)`` joined by a space."""
+
+    def __init__(self, delimiter: str = " ") -> None:
+        self.meters: Dict[str, AverageMeter] = defaultdict(AverageMeter)
+        self.delimiter = delimiter
+
+    def update(self, input_dict: Dict[str, Any]) -> None:
+        if input_dict is None:
+            return
+        if not isinstance(input_dict, dict):
+            raise TypeError("Input to MetricMeter.update() must be a dictionary")
+        for k, v in input_dict.items():
+            if isinstance(v, torch.Tensor):
+                v = v.item()
+            self.meters[k].update(v)
+
+    def __str__(self) -> str:
+        parts: List[str] = [f"{name} {meter.val:.4f} ({meter.avg:.4f})" for name, meter in self.meters.items()]
+        return self.delimiter.join(parts)

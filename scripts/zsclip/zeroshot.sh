@@ -1,0 +1,28 @@
+#!/bin/bash
+# Zero-shot CLIP on one dataset.
+#   bash scripts/zsclip/zeroshot.sh DATASET CFG [TRAINER] [KEY VALUE ...]
+#   DATASET: a file name in configs/datasets (without .yaml), e.g. caltech101
+#   CFG:     rn50, rn101, vit_b32 or vit_b16 (configs/trainers/ZeroshotCLIP/CFG.yaml)
+#   TRAINER: ZeroshotCLIP (single template, default) or ZeroshotCLIP2 (template ensemble)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+source scripts/common.sh
+
+DATASET=${1:?usage: zeroshot.sh DATASET CFG [TRAINER] [KEY VALUE ...]}
+CFG=${2:-rn50}
+TRAINER=${3:-ZeroshotCLIP}
+shift $(( $# < 3 ? $# : 3 ))
+
+DIR=${OUTPUT}/${DATASET}/${TRAINER}/${CFG}
+if run_finished "$DIR" test; then
+    echo "Results are available in ${DIR}; skipping"
+    exit 0
+fi
+prepare_run "$DIR"
+$PYTHON train.py \
+    --root "$DATA" \
+    --trainer "$TRAINER" \
+    --dataset-config-file "configs/datasets/${DATASET}.yaml" \
+    --config-file "configs/trainers/ZeroshotCLIP/${CFG}.yaml" \
+    --output-dir "$DIR" \
+    --eval-only "$@"

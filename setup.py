@@ -1,0 +1,37 @@
+"""Install the fsclip core package plus the repository's datasets/ and trainers/ folders.
+
+``datasets/`` installs as ``fsclip.datasets`` and ``trainers/`` as ``fsclip.trainers``, so no
+top-level module named ``datasets`` (HuggingFace's) is shadowed in site-packages.
+"""
+
+import os
+
+from setuptools import find_packages, setup
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def read_requirements():
+    with open(os.path.join(HERE, "requirements.txt"), encoding="utf-8") as f:
+        return [line.strip() for line in f if line.strip() and not line.startswith("#")]
+
+
+setup(
+    name="fsclip",
+    version="0.1.0",
+    description="Few-shot CLIP adaptation toolkit in the Dassl/CoOp style",
+    long_description=open(os.path.join(HERE, "README.md"), encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.9",
+    packages=find_packages(include=["fsclip", "fsclip.*"]) + ["fsclip.datasets", "fsclip.trainers"],
+    package_dir={"fsclip.datasets": "datasets", "fsclip.trainers": "trainers"},
+    package_data={"fsclip.kit": ["weights/*.pt", "weights/*.md"]},
+    install_requires=read_requirements(),
+    extras_require={"test": ["pytest>=7"], "tensorboard": ["tensorboard"]},
+    entry_points={
+        "console_scripts": [
+            "fsclip-train=fsclip.cli:main",
+            "fsclip-parse=fsclip.results:main",
+        ]
+    },
+)

@@ -1,0 +1,64 @@
+"""Zero-shot CLIP: classify with text features of prompts, no training.
+
+logits = logit_scale * normalize(f(x)) @ normalize(W)^T, where W holds one text feature per
+class: the encoded dataset template (``ZeroshotCLIP``) or the mean of the normalised encodings
+of the dataset's hand-engineered templates (``ZeroshotCLIP2``, the ensemble).
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from yacs.config import CfgNode as CN
+
+from fsclip.backend import TRAINER_REGISTRY, TrainerX
+from fsclip.clip.loader import load_clip_from_cfg
+from fsclip.clip.text import text_classifier
+from fsclip.templates import get_templates
+
+
+@TRAINER_REGISTRY.register()
+class ZeroshotCLIP(TrainerX):
+    """Zero-shot CLIP with the dataset's single CoOp template."""
+
+    default_templates = "single"
+
+    @classmethod
+    def extend_cfg(cls, cfg) -> None:
+        if "ZSCLIP" in cfg.TRAINER:
+            return
+        cfg.TRAINER.ZSCLIP = CN()
+        # fp16 (CUDA only; fp32 on CPU), fp32 or amp
+        cfg.TRAINER.ZSCLIP.PREC = "fp16"
+        # Prompts: "" = the trainer's default; "classname", "single" or "ensemble"
+        cfg.TRAINER.ZSCLIP.TEMPLATES = ""
+
+    def build_model(self) -> None:
+        cfg = self.cfg
+        classnames = self.dm.dataset.classnames
+        print(f"Loading CLIP (backbone: {cfg.MODEL.BACKBONE.NAME})")
+        self.clip_model = load_clip_from_cfg(cfg, precision=cfg.TRAINER.ZSCLIP.PREC, device=self.device)
+        kind = cfg.TRAINER.ZSCLIP.TEMPLATES or self.default_templates
+        templates = get_templates(cfg.DATASET.NAME, kind)
+        print(f"Prompts ({kind}, {len(templates)} templates): {templates[0]!r}" + (" ..." if len(templates) > 1 else ""))
+        self.text_features = text_classifier(self.clip_model, classnames, templates)  # [K, D], unit norm
+
+    @torch.no_grad()
+    def model_inference(self, image: torch.Tensor) -> torch.Tensor:
+        image_features = self.clip_model.encode_image(image)  # [B, D]
+        image_features = image_features / image_features.norm(dim=-1, keepdim=True)
+        logit_scale = self.clip_model.logit_scale.exp()
+        return (logit_scale * image_features @ self.text_features.t().to(image_features.dtype)).float()  # [B, K]
+
+    def train(self) -> None:  # type: ignore[override]
+        """Nothing to train: evaluate once, with the lines log parsers expect."""
+        self.time_start = time.time()
+        self.after_train()
+
+
+@TRAINER_REGISTRY.register()
+class ZeroshotCLIP2(ZeroshotCLIP):
+    """Zero-shot CLIP with the dataset's hand-engineered template ensemble."""
+
+    default_templates = "ensemble"
