@@ -19,7 +19,7 @@ class Logger:
         self.fpath = fpath
         if fpath is not None:
             os.makedirs(osp.dirname(osp.abspath(fpath)), exist_ok=True)
-            self.file = open(fpath, "w", encoding="utf-8")
+            self.file = open(fpath, "w", encoding="utf-8", buffering=1)  # line-buffered: a crash keeps the log
 
     def write(self, msg: str) -> None:
         self.console.write(msg)

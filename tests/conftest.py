@@ -1,0 +1,108 @@
+"""Shared fixtures: a toy image dataset on disk registered as ``ToyImages``."""
+
+from __future__ import annotations
+
+import json
+import os
+import os.path as osp
+
+import pytest
+import torch
+from PIL import Image
+
+from fsclip.backend import BACKEND, DATASET_REGISTRY, DatasetBase, Datum
+from fsclip.engine.data.base import load_or_create_fewshot
+
+TOY_CLASSES = ["red square", "green circle", "blue bar"]
+TOY_COLORS = [(220, 30, 30), (30, 200, 30), (30, 30, 220)]
+
+
+def make_toy_tree(root: str, n_train: int = 6, n_val: int = 3, n_test: int = 4, size: int = 16) -> str:
+    """Write ``root/toy/images/<class>/<i>.png`` and ``root/toy/split.json``; return the dir."""
+    base = osp.join(root, "toy")
+    split = {"train": [], "val": [], "test": []}
+    for label, (cname, color) in enumerate(zip(TOY_CLASSES, TOY_COLORS)):
+        folder = osp.join(base, "images", cname.replace(" ", "_"))
+        os.makedirs(folder, exist_ok=True)
+        counts = {"train": n_train, "val": n_val, "test": n_test}
+        i = 0
+        for part, n in counts.items():
+            for _ in range(n):
+                shade = tuple(min(255, c + 3 * i) for c in color)
+                rel = f"{cname.replace(' ', '_')}/{i:03d}.png"
+                Image.new("RGB", (size, size), shade).save(osp.join(base, "images", rel))
+                split[part].append([rel, label, cname])
+                i += 1
+    with open(osp.join(base, "split.json"), "w") as f:
+        json.dump(split, f)
+    return base
+
+
+if "ToyImages" not in DATASET_REGISTRY:
+
+    @DATASET_REGISTRY.register()
+    class ToyImages(DatasetBase):
+        """Three solid-colour classes in the CoOp split layout (tests only)."""
+
+        dataset_dir = "toy"
+        template = "a photo of a {}."
+        templates = ["a photo of a {}.", "a drawing of a {}."]
+
+        def __init__(self, cfg):
+            base = osp.join(osp.abspath(osp.expanduser(cfg.DATASET.ROOT)), self.dataset_dir)
+            image_dir = osp.join(base, "images")
+            with open(osp.join(base, "split.json")) as f:
+                split = json.load(f)
+
+            def read(part):
+                return [Datum(impath=osp.join(image_dir, r), label=y, classname=c) for r, y, c in split[part]]
+
+            train, val, test = read("train"), read("val"), read("test")
+            if cfg.DATASET.NUM_SHOTS >= 1:
+                train, val = load_or_create_fewshot(
+                    train, val, cfg.DATASET.NUM_SHOTS, cfg.SEED,
+                    osp.join(base, "split_fewshot"), image_dir)
+            super().__init__(train_x=train, val=val, test=test)
+
+
+@pytest.fixture
+def toy_root(tmp_path):
+    make_toy_tree(str(tmp_path))
+    return str(tmp_path)
+
+
+@pytest.fixture
+def toy_cfg(toy_root, tmp_path):
+    """A frozen-able config for ToyImages with small, fast settings."""
+    from fsclip.engine.config import get_cfg_default
+
+    cfg = get_cfg_default()
+    cfg.DATASET.NAME = "ToyImages"
+    cfg.DATASET.ROOT = toy_root
+    cfg.OUTPUT_DIR = str(tmp_path / "out")
+    cfg.INPUT.SIZE = (16, 16)
+    cfg.DATALOADER.NUM_WORKERS = 0
+    cfg.DATALOADER.TRAIN_X.BATCH_SIZE = 4
+    cfg.DATALOADER.TEST.BATCH_SIZE = 5
+    cfg.INPUT.TRANSFORMS = ("normalize",)
+    cfg.USE_CUDA = False
+    cfg.SEED = 1
+    return cfg
+
+
+@pytest.fixture(autouse=True)
+def _restore_stdout():
+    """setup_logger replaces sys.stdout; put the original back after each test."""
+    import sys
+
+    saved = sys.stdout
+    yield
+    if sys.stdout is not saved:
+        close = getattr(sys.stdout, "close", None)
+        if callable(close):
+            close()
+        sys.stdout = saved
+
+
+def pytest_report_header(config):
+    return f"fsclip backend: {BACKEND}; torch {torch.__version__}; threads {torch.get_num_threads()}"
