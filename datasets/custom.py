@@ -1,0 +1,125 @@
+"""``Custom``: bring your own images, one folder per class, no code to write.
+
+``DATASET.ROOT/<DATASET.CUSTOM_DIR>`` (or an absolute DATASET.CUSTOM_DIR) holds either
+
+- ``<class>/<image>`` folders, split per class into train/val/test by DATASET.CUSTOM_SPLIT
+  (train and val fractions, default CoOp's 0.5 and 0.2); or
+- ``train/<class>/<image>`` plus optional ``val/`` and ``test/`` with the same class folders
+  (a missing ``val/`` uses ``test/`` and the other way round, as CoOp does for ImageNet).
+
+The split is deterministic without any random state: the images of a class are ordered by the
+SHA-1 of their file name and cut at the fractions, so the same folder always gives the same
+split on any machine, and adding an image moves no other image between splits. Labels follow
+the sorted class-folder names; class names are the folder names with "_" shown as " ".
+Images are the files with a common image extension; a ``split_fewshot`` folder (the few-shot
+cache) is not a class.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os.path as osp
+from typing import Dict, List, Tuple
+
+from fsclip.backend import DATASET_REGISTRY, Datum
+
+from .common import BenchmarkDataset, clean_classname, list_dirs, list_files
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+SPLIT_NAMES = ("train", "val", "test")
+CACHE_FOLDER = "split_fewshot"
+
+
+@DATASET_REGISTRY.register()
+class Custom(BenchmarkDataset):
+    """A folder of class folders (see the module docstring and DATASETS.md#custom)."""
+
+    dataset_dir = ""
+    template = "a photo of a {}."
+    templates = [template]
+
+    @classmethod
+    def extend_cfg(cls, cfg) -> None:
+        """Add DATASET.CUSTOM_DIR and DATASET.CUSTOM_SPLIT (idempotent)."""
+        if "CUSTOM_DIR" not in cfg.DATASET:
+            # Folder of the custom dataset, under DATASET.ROOT or absolute
+            cfg.DATASET.CUSTOM_DIR = ""
+        if "CUSTOM_SPLIT" not in cfg.DATASET:
+            # Train and val fractions per class when the folder has no train/val/test split
+            cfg.DATASET.CUSTOM_SPLIT = (0.5, 0.2)
+
+    def __init__(self, cfg) -> None:
+        folder = cfg.DATASET.get("CUSTOM_DIR", "")
+        if not folder:
+            raise self.error("DATASET.CUSTOM_DIR", "DATASET.CUSTOM_DIR is empty; set it to the "
+                             "folder (under DATASET.ROOT, or absolute) that holds the class folders")
+        dataset_dir = self.locate(cfg, folder)
+        self.image_dir = dataset_dir
+        top = [d for d in list_dirs(dataset_dir) if d != CACHE_FOLDER]
+        if "train" in top and set(top) <= set(SPLIT_NAMES):
+            train, val, test = self.read_split_folders(set(top))
+        else:
+            fractions = cfg.DATASET.get("CUSTOM_SPLIT", (0.5, 0.2))
+            train, val, test = self.split_class_folders(top, fractions)
+        train, val, test = self.finish(cfg, train, val, test, self.image_dir)
+        super().__init__(train_x=train, val=val, test=test)
+
+    def images_of(self, folder: str) -> List[str]:
+        """Sorted image file names of a class folder; an empty class is an error."""
+        names = sorted(f for f in list_files(folder) if f.lower().endswith(IMAGE_EXTENSIONS))
+        if not names:
+            raise self.error(folder, "class folder holds no image (extensions: "
+                             f"{', '.join(IMAGE_EXTENSIONS)})")
+        return names
+
+    def datums(self, folder: str, names: List[str], label: int, classname: str) -> List[Datum]:
+        return [Datum(impath=osp.join(folder, n), label=label, classname=classname)
+                for n in names]
+
+    def split_class_folders(self, classes: List[str], fractions) -> Tuple[List[Datum], ...]:
+        if not classes:
+            raise self.error(self.dataset_dir, "no class folder found")
+        p_train, p_val = (float(x) for x in fractions)
+        if not (0 < p_train and 0 <= p_val and p_train + p_val <= 1):
+            raise self.error("DATASET.CUSTOM_SPLIT", f"fractions {tuple(fractions)} must be "
+                             "(train > 0, val >= 0) with train + val <= 1")
+        train: List[Datum] = []
+        val: List[Datum] = []
+        test: List[Datum] = []
+        for label, cls_folder in enumerate(classes):
+            folder = osp.join(self.dataset_dir, cls_folder)
+            names = self.images_of(folder)
+            ranked = sorted(names, key=lambda n: hashlib.sha1(n.encode("utf-8")).hexdigest())
+            n = len(ranked)
+            n_train = max(1, round(n * p_train))
+            n_val = min(n - n_train, round(n * p_val))
+            parts = (ranked[:n_train], ranked[n_train:n_train + n_val], ranked[n_train + n_val:])
+            name = clean_classname(cls_folder)
+            for out, part in zip((train, val, test), parts):
+                out.extend(self.datums(folder, sorted(part), label, name))
+        return train, val, test
+
+    def read_split_folders(self, present: set) -> Tuple[List[Datum], ...]:
+        train_dir = osp.join(self.dataset_dir, "train")
+        classes = list_dirs(train_dir)
+        if not classes:
+            raise self.error(train_dir, "no class folder found")
+        labels: Dict[str, int] = {c: i for i, c in enumerate(classes)}
+        out: Dict[str, List[Datum]] = {}
+        for split in SPLIT_NAMES:
+            if split not in present:
+                continue
+            split_dir = osp.join(self.dataset_dir, split)
+            items: List[Datum] = []
+            for cls_folder in list_dirs(split_dir):
+                folder = osp.join(split_dir, cls_folder)
+                if cls_folder not in labels:
+                    raise self.error(folder, "class folder has no counterpart in train/")
+                items.extend(self.datums(folder, self.images_of(folder), labels[cls_folder],
+                                         clean_classname(cls_folder)))
+            out[split] = items
+        if "val" not in out and "test" not in out:
+            raise self.error(self.dataset_dir, "train/ needs a val/ or a test/ folder beside it")
+        val = out.get("val", out.get("test"))
+        test = out.get("test", val)
+        return out["train"], val, test
