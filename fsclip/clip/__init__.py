@@ -1,0 +1,47 @@
+"""CLIP mechanics shared by every method: loading, dense image features, text features.
+
+Backed by clip-anytorch (``import clip``, made to work on setuptools >= 82 by
+:func:`import_clip`). Names load lazily, so ``import fsclip.clip`` imports neither torch nor
+clip; ``from fsclip.clip import load_clip`` works as usual.
+
+- ``loader``: ``load_clip``, ``load_clip_from_cfg``, ``resolve_clip_weights``, ``input_resolution``
+- ``features``: ``resnet_trunk``, ``attnpool_forward``, ``attnpool_dense``, ``vit_tokens``,
+  ``vit_run_blocks``, ``vit_head``, ``vit_project_tokens``, ``encode_image_with_dense``
+- ``text``: ``tokenize``, ``tokenize_short``, ``encode_text``, ``text_classifier``,
+  ``encode_text_embeddings``
+- ``tiny``: ``build_tiny_clip``, ``save_tiny_clip`` (small real CLIPs for tests)
+"""
+
+from importlib import import_module
+from typing import Any
+
+_EXPORTS = {
+    # compat
+    "import_clip": "compat",
+    # loader
+    "MODEL_NAMES": "loader", "PRECISIONS": "loader", "KIT_WEIGHTS_DIR": "loader",
+    "CLIPWeightsNotFoundError": "loader", "CLIPWeightsError": "loader",
+    "official_models": "loader", "official_filename": "loader", "default_cache_dir": "loader",
+    "kit_model_names": "loader", "resolve_clip_weights": "loader", "resolve_precision": "loader",
+    "load_clip": "loader", "load_clip_from_cfg": "loader", "input_resolution": "loader",
+    # features
+    "is_vit": "features", "resnet_trunk": "features", "attnpool_forward": "features",
+    "attnpool_dense": "features", "vit_tokens": "features", "vit_run_blocks": "features",
+    "vit_head": "features", "vit_project_tokens": "features",
+    "encode_image_with_dense": "features",
+    # text
+    "tokenize": "text", "tokenize_short": "text", "encode_text": "text",
+    "text_classifier": "text", "encode_text_embeddings": "text",
+    # tiny test models
+    "build_tiny_clip": "tiny", "save_tiny_clip": "tiny",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'fsclip.clip' has no attribute '{name}'")
+    value = getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value
