@@ -1,0 +1,65 @@
+"""The text classifier W_c of a method, from a prompt choice in its config.
+
+``spec`` is ``classname`` (the bare class name), ``single`` (the dataset's CoOp template),
+``ensemble`` (the dataset's hand-engineered templates, Tip-Adapter's) or the path of a JSON file
+``{"<class name>": ["prompt", ...], ...}`` with prompts written per class (CuPL-style).
+"""
+
+from __future__ import annotations
+
+import json
+import os.path as osp
+from typing import Any, Dict, List, Sequence
+
+import torch
+from torch import Tensor
+
+from fsclip.clip.text import encode_text, text_classifier
+from fsclip.errors import ConfigError
+from fsclip.templates import get_templates
+
+KINDS = ("classname", "single", "ensemble")
+
+
+def read_class_prompts(path: str, classnames: Sequence[str]) -> List[List[str]]:
+    """Prompts per class from a CuPL-style JSON file, in ``classnames`` order.
+
+    Keys match a class name exactly, or with underscores and spaces treated alike, ignoring case.
+    """
+    if not osp.isfile(path):
+        raise ConfigError(f"Prompt file {path} does not exist; set the PROMPTS key to one of {KINDS} "
+                          f"or to a JSON file mapping class names to lists of prompts")
+    try:
+        with open(path, "r", encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"Prompt file {path} is not valid JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"Prompt file {path} must hold a JSON object {{class name: [prompts]}}")
+
+    def norm(s: str) -> str:
+        return s.replace("_", " ").strip().lower()
+
+    lookup: Dict[str, Any] = {norm(k): v for k, v in data.items()}
+    out = []
+    for name in classnames:
+        prompts = data.get(name, lookup.get(norm(name)))
+        if not prompts or not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts):
+            raise ConfigError(f'Prompt file {path} has no list of prompts for class "{name}"; '
+                              f"add an entry for every class of the dataset")
+        out.append(prompts)
+    return out
+
+
+@torch.no_grad()
+def prompt_classifier(model: Any, spec: str, dataset_name: str, classnames: Sequence[str]) -> Tensor:
+    """``[K, D]`` float32 class weights, each row the normalised mean of normalised prompt features."""
+    if spec in KINDS:
+        return text_classifier(model, classnames, get_templates(dataset_name, spec)).float()
+    rows = []
+    for prompts in read_class_prompts(spec, classnames):
+        feats = encode_text(model, prompts).float()
+        feats = feats / feats.norm(dim=-1, keepdim=True)
+        mean = feats.mean(dim=0)
+        rows.append(mean / mean.norm())
+    return torch.stack(rows)

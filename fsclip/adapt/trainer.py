@@ -1,0 +1,216 @@
+"""``FrozenFeatureTrainer``: the template for methods that learn on top of a frozen CLIP trunk.
+
+A subclass implements ``build_method()`` (its modules, registered with ``register_model``),
+``fit()`` (training and every hyperparameter choice, on train and val features only) and
+``logits_from_dense(dense)``. The base class loads CLIP, builds the text classifier W_c, splits
+the image encoder into G and the pooling head (``fsclip.adapt.heads``), serves G's features per
+split through the shared feature cache, and evaluates.
+
+Protocol guard: ``features("test")`` is refused until the final evaluation (``test()`` on the
+test split), so no choice can see the test set; the test split is evaluated once per run.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os.path as osp
+import time
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from yacs.config import CfgNode as CN
+
+from fsclip.backend import TrainerX
+from fsclip.clip.loader import load_clip_from_cfg
+from fsclip.engine.data.transforms import build_transform
+from fsclip.engine.utils import count_num_param
+
+from .cache import FeatureCache, fingerprint_images, fingerprint_tensors
+from .extract import describe_transform, extract_views, impaths_of, labels_of
+from .heads import make_pooling_head, trunk_forward, trunk_kind
+from .prompts import prompt_classifier
+
+STORE_DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
+
+
+class TestSplitAccessError(RuntimeError):
+    """Raised when a method asks for test features before the final evaluation."""
+
+
+def add_features_cfg(cfg) -> None:
+    """The shared ``TRAINER.FEATURES`` node (added once, whichever trainer comes first)."""
+    if "FEATURES" in cfg.TRAINER:
+        return
+    cfg.TRAINER.FEATURES = CN()
+    f = cfg.TRAINER.FEATURES
+    # Folder of the feature cache ("" -> ~/.cache/fsclip/features; "none" -> no disk cache)
+    f.CACHE_DIR = ""
+    # Disk budget of the cache in GiB; entries that do not fit are computed per run
+    f.MAX_GB = 50.0
+    # Augmented views stored per training image (random_resized_crop/flip of INPUT.TRANSFORMS)
+    f.TRAIN_VIEWS = 10
+    # Seed of the training views (fixed across runs so the cache is shared by every seed)
+    f.VIEW_SEED = 0
+    # Images per forward pass of the trunk
+    f.BATCH_SIZE = 64
+    # Storage dtype of cached maps: fp16 or fp32
+    f.DTYPE = "fp16"
+    # Trunk precision: fp16 (CUDA; fp32 on CPU), fp32 or amp
+    f.PREC = "fp16"
+    # Text classifier W_c: classname, single, ensemble, or a JSON file of prompts per class
+    f.PROMPTS = "ensemble"
+
+
+class FrozenFeatureTrainer(TrainerX):
+    """Base class of SAFE, SAFE-A, Tip-Adapter(-F) and other frozen-trunk methods."""
+
+    @classmethod
+    def extend_cfg(cls, cfg) -> None:
+        add_features_cfg(cfg)
+
+    # ------------------------------------------------------------------ building
+    def build_model(self) -> None:
+        cfg = self.cfg
+        fc = cfg.TRAINER.FEATURES
+        print(f"Loading CLIP (backbone: {cfg.MODEL.BACKBONE.NAME})")
+        self.clip_model = load_clip_from_cfg(cfg, precision=fc.PREC, device=self.device)
+        self.clip_model.requires_grad_(False)
+        self.visual = self.clip_model.visual
+        self.classnames = list(self.dm.dataset.classnames)
+        print(f"Text classifier W_c from prompts: {fc.PROMPTS}")
+        self.text_weights = prompt_classifier(self.clip_model, fc.PROMPTS, cfg.DATASET.NAME,
+                                              self.classnames).to(self.device)  # [K, D] unit rows
+        self.logit_scale = float(self.clip_model.logit_scale.exp().item())
+        self.head_o = make_pooling_head(self.visual).to(self.device).requires_grad_(False).eval()  # AttnPool_O
+        self.tfm_train = build_transform(cfg, is_train=True)
+        self.tfm_test = build_transform(cfg, is_train=False)
+        cache_dir = fc.CACHE_DIR or osp.join(osp.expanduser("~"), ".cache", "fsclip", "features")
+        self.cache = FeatureCache("" if cache_dir.lower() == "none" else cache_dir, int(fc.MAX_GB * 2**30))
+        self.backbone_id = fingerprint_tensors(self.visual.state_dict())
+        self._test_allowed = False
+        self._features: dict = {}
+        self.build_method()
+        n = sum(count_num_param(m) for m in self._models.values())
+        print(f"# trainable params of {type(self).__name__}: {n:,}")
+
+    def build_method(self) -> None:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ features
+    def split_items(self, split: str) -> list:
+        ds = self.dm.dataset
+        return {"train": ds.train_x, "val": ds.val, "test": ds.test}[split] or []
+
+    def labels(self, split: str) -> Tensor:
+        return labels_of(self.split_items(split)).to(self.device)
+
+    def features(self, split: str) -> Tensor:
+        """G's output for every image of ``split``: ``[N, V, ...]`` on the CPU (V = TRAIN_VIEWS
+        augmented views for train, 1 test-transform view otherwise)."""
+        if split == "test" and not self._test_allowed:
+            raise TestSplitAccessError(
+                "test features were requested before the final evaluation; choose everything on "
+                "the val split and call test() once at the end")
+        if split in self._features:
+            return self._features[split]
+        items = self.split_items(split)
+        if not items:
+            raise ValueError(f"the {split} split of {self.cfg.DATASET.NAME} is empty")
+        fc = self.cfg.TRAINER.FEATURES
+        train = split == "train"
+        transform = self.tfm_train if train else self.tfm_test
+        views = int(fc.TRAIN_VIEWS) if train else 1
+        if views < 1:
+            raise ValueError(f"TRAINER.FEATURES.TRAIN_VIEWS must be >= 1, got {views}")
+        store_dtype = STORE_DTYPES[fc.DTYPE]
+        impaths = impaths_of(items)
+        meta = {
+            "backbone": self.backbone_id, "trunk": trunk_kind(self.visual), "dataset": self.cfg.DATASET.NAME,
+            "split": split, "transform": describe_transform(transform), "views": views,
+            "view_seed": int(fc.VIEW_SEED) if train else 0, "images": fingerprint_images(impaths),
+            "count": len(impaths), "dtype": fc.DTYPE, "prec": str(next(self.visual.parameters()).dtype),
+        }
+        with torch.no_grad():
+            probe_shape = self._trunk_shape()
+        nbytes = len(impaths) * views * int(torch.tensor(probe_shape).prod()) * store_dtype.itemsize
+        root = osp.abspath(osp.expanduser(self.cfg.DATASET.ROOT)) if self.cfg.DATASET.ROOT else ""
+
+        def compute() -> Tensor:
+            return extract_views(
+                lambda x: trunk_forward(self.visual, x), impaths, transform, views, meta["view_seed"],
+                int(fc.BATCH_SIZE), self.cfg.DATALOADER.NUM_WORKERS, self.device, store_dtype, root,
+                desc=f"G(x) on {split} ({len(impaths)} images x {views} views)")
+
+        feats = self.cache.get(meta, compute, nbytes)
+        self._features[split] = feats
+        return feats
+
+    def _trunk_shape(self) -> tuple:
+        if not hasattr(self, "_trunk_shape_cache"):
+            size = tuple(self.cfg.INPUT.SIZE)
+            probe = torch.zeros(1, 3, *size, device=self.device)
+            self._trunk_shape_cache = tuple(trunk_forward(self.visual, probe).shape[1:])
+        return self._trunk_shape_cache
+
+    @torch.no_grad()
+    def pooled(self, head: torch.nn.Module, dense: Tensor, batch_size: int = 256) -> Tensor:
+        """``head`` over dense features ``[N, ...]`` in batches: ``[N, D]`` float on the device."""
+        head.eval()
+        out = [head(dense[i:i + batch_size].to(self.device).float()).float()
+               for i in range(0, dense.shape[0], batch_size)]
+        return torch.cat(out)
+
+    def clip_logits(self, features: Tensor) -> Tensor:
+        """``logit_scale * normalize(f) @ W_c^T``: ``[B, D] -> [B, K]``."""
+        return self.logit_scale * F.normalize(features.float(), dim=-1) @ self.text_weights.t()
+
+    # ------------------------------------------------------------------ protocol
+    def fit(self) -> None:
+        raise NotImplementedError
+
+    def logits_from_dense(self, dense: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def train(self) -> None:  # type: ignore[override]
+        """fit() on train/val, then one evaluation on the test split (unless TEST.NO_TEST)."""
+        self.time_start = time.time()
+        self.fit()
+        self.after_train()
+
+    def after_train(self) -> None:
+        print("Finish training")
+        if not self.cfg.TEST.NO_TEST:
+            print("Deploy the model with the best val performance")
+            self.test()
+        print(f"Elapsed: {datetime.timedelta(seconds=round(time.time() - self.time_start))}")
+
+    @torch.no_grad()
+    def test(self, split: Optional[str] = None) -> float:
+        """Evaluate on cached features of ``split`` (default TEST.SPLIT)."""
+        split = split or self.cfg.TEST.SPLIT
+        if split == "val" and not self.split_items("val"):
+            split = "test"
+        if split == "test":
+            self._test_allowed = True
+        self.set_model_mode("eval")
+        self.evaluator.reset()
+        print(f"Evaluate on the *{split}* set")
+        dense = self.features(split)[:, 0]
+        labels = self.labels(split)
+        bs = max(1, self.cfg.DATALOADER.TEST.BATCH_SIZE)
+        for i in range(0, dense.shape[0], bs):
+            logits = self.logits_from_dense(dense[i:i + bs].to(self.device))
+            self.evaluator.process(logits, labels[i:i + bs])
+        results = self.evaluator.evaluate()
+        return list(results.values())[0]
+
+    @torch.no_grad()
+    def model_inference(self, images: Tensor) -> Tensor:
+        """The uncached path: logits straight from images (same result as the cached path)."""
+        return self.logits_from_dense(trunk_forward(self.visual, images))
+
+    def log_choice(self, what: str, **params: Any) -> None:
+        shown = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+        print(f"Chosen on val for {what}: {shown}")

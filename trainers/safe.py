@@ -1,0 +1,159 @@
+"""SAFE and SAFE-A: Semantic-Aware FinE-tuning of CLIP's attention pooling (SAFE paper, III-B).
+
+CLIP's image encoder is G (the feature extractor giving dense features F) followed by the
+attention pooling layer; for ViTs the last transformer block (with ln_post and the projection)
+plays that role. SAFE fine-tunes a copy AttnPool_F of the pooling layer on the few-shot set
+(Algorithm 1), keeping AttnPool_O frozen:
+
+  training:   logits = logit_scale * normalize(AttnPool_F(G(x))) W_c^T,  cross-entropy
+  Eq. (3)     F_blending = beta * AttnPool_O(F) + AttnPool_F(F)
+  Eq. (4)     logits = logit_scale * normalize(F_blending) W_c^T
+
+W_c is the frozen text classifier. Features are L2-normalised and scaled by CLIP's logit scale,
+as CLIP does; so with AttnPool_F = AttnPool_O, normalize((1 + beta) f) = normalize(f) and SAFE's
+logits equal zero-shot CLIP's exactly. beta is read at evaluation time: change it with
+``--eval-only --model-dir RUN TRAINER.SAFE.BETA 0.9`` without retraining.
+
+SAFE-A (Eq. 9-10): Tip-Adapter-F whose cache keys and test features are SAFE's blended features.
+
+Protocol (SAFE IV-A): AdamW, cosine schedule over ITERS steps, batch 8, grid over LRS x WDS,
+early stopping on the few-shot validation split every EVAL_EVERY steps.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from yacs.config import CfgNode as CN
+
+from fsclip.adapt.heads import make_pooling_head
+from fsclip.adapt.search import RunResult, grid_search, train_with_early_stopping
+from fsclip.adapt.tip import CacheAdapter, fit_cache_adapter
+from fsclip.adapt.trainer import FrozenFeatureTrainer
+from fsclip.backend import TRAINER_REGISTRY
+
+from .tip_adapter import add_tip_cfg
+
+
+@TRAINER_REGISTRY.register()
+class SAFE(FrozenFeatureTrainer):
+    """Fine-tune the attention pooling (or the last ViT block), blend with the original."""
+
+    @classmethod
+    def extend_cfg(cls, cfg) -> None:
+        super().extend_cfg(cfg)
+        if "SAFE" in cfg.TRAINER:
+            return
+        cfg.TRAINER.SAFE = CN()
+        s = cfg.TRAINER.SAFE
+        # Residual ratio beta of Eq. (3); used at evaluation, so it can change without retraining
+        s.BETA = 0.5
+        # Optimisation steps per run (cosine schedule over them) and batch size
+        s.ITERS = 12800
+        s.BATCH_SIZE = 8
+        # Evaluate on val every EVAL_EVERY steps and keep the best weights (early stopping)
+        s.EVAL_EVERY = 100
+        # Stop a run after PATIENCE evaluations without improvement (0: never stop early)
+        s.PATIENCE = 0
+        # Grid searched on val: learning rates x weight decays (AdamW)
+        s.LRS = [1e-4, 1e-5, 1e-6, 1e-7]
+        s.WDS = [0.0, 1e-3, 1e-5]
+
+    def build_method(self) -> None:
+        self.head_f = make_pooling_head(self.visual).to(self.device)  # AttnPool_F, starts as AttnPool_O
+        self.register_model("attnpool_f", self.head_f, None, None)
+
+    def blend(self, dense: Tensor) -> Tensor:
+        """Eq. (3): beta * AttnPool_O(F) + AttnPool_F(F), [B, D]."""
+        dense = dense.float()
+        return self.cfg.TRAINER.SAFE.BETA * self.head_o(dense) + self.head_f(dense)
+
+    @torch.no_grad()
+    def logits_from_dense(self, dense: Tensor) -> Tensor:
+        return self.clip_logits(self.blend(dense))  # Eq. (4)
+
+    def fit(self) -> None:
+        self.fit_safe()
+        self.save_model(self.safe_result.step - 1, self.output_dir, val_result=self.safe_result.val_acc,
+                        model_name="model-best.pth.tar")
+
+    def fit_safe(self) -> RunResult:
+        """Algorithm 1 for every (lr, weight decay) of the grid; keeps the best on val."""
+        s = self.cfg.TRAINER.SAFE
+        train = self.features("train")  # [N, V, ...] dense, CPU
+        train_y = self.labels("train")
+        val = self.features("val")[:, 0]
+        val_y = self.labels("val")
+        pooled_o_val = self.pooled(self.head_o, val)  # AttnPool_O(F) of val, fixed
+        n, v = train.shape[:2]
+        bs = min(int(s.BATCH_SIZE), n)
+        seed = max(self.cfg.SEED, 0)
+
+        def run(params) -> RunResult:
+            torch.manual_seed(seed)
+            gen = torch.Generator().manual_seed(seed)
+            head = make_pooling_head(self.visual).to(self.device)  # a fresh AttnPool_F = AttnPool_O
+            opt = torch.optim.AdamW(head.parameters(), lr=params["lr"], weight_decay=params["weight_decay"])
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=int(s.ITERS))
+            order: list = []
+
+            def step(_: int) -> Tensor:
+                nonlocal order
+                if len(order) < bs:
+                    order = order + torch.randperm(n, generator=gen).tolist()
+                idx, order = order[:bs], order[bs:]
+                views = torch.randint(v, (bs,), generator=gen)
+                x = train[idx, views].to(self.device)
+                return F.cross_entropy(self.clip_logits(head(x.float())), train_y[idx])
+
+            def evaluate() -> float:
+                blended = s.BETA * pooled_o_val + self.pooled(head, val)
+                return (self.clip_logits(blended).argmax(1) == val_y).float().mean().item() * 100
+
+            return train_with_early_stopping(head, step, evaluate, opt, sched, int(s.ITERS), int(s.EVAL_EVERY),
+                                             int(s.PATIENCE), params)
+
+        print(f"SAFE: {len(s.LRS) * len(s.WDS)} settings x {s.ITERS} steps (batch {bs}), "
+              f"val every {s.EVAL_EVERY} steps")
+        best = grid_search({"lr": [float(x) for x in s.LRS], "weight_decay": [float(x) for x in s.WDS]}, run)
+        self.head_f.load_state_dict(best.state)
+        self.log_choice("SAFE", lr=best.params["lr"], weight_decay=best.params["weight_decay"],
+                        step=best.step, val_accuracy=best.val_acc, beta=float(s.BETA))
+        self.safe_result = best
+        return best
+
+
+@TRAINER_REGISTRY.register()
+class SAFE_A(SAFE):
+    """SAFE-A: Tip-Adapter-F on SAFE's blended features (Eq. 9-10 into Eq. 8)."""
+
+    @classmethod
+    def extend_cfg(cls, cfg) -> None:
+        super().extend_cfg(cfg)
+        add_tip_cfg(cfg)
+
+    def build_method(self) -> None:
+        super().build_method()
+        n_keys = len(self.split_items("train"))
+        self.adapter = CacheAdapter(n_keys, self.text_weights.shape[1], len(self.classnames)).to(self.device)
+        self.register_model("cache_adapter", self.adapter, None, None)
+
+    def fit(self) -> None:
+        self.fit_safe()
+        train = self.features("train")
+        n, v = train.shape[:2]
+        with torch.no_grad():  # Eq. (9): blended features of every training view
+            keys = torch.cat([self.blend(train[i:i + 64].flatten(0, 1).to(self.device)) for i in range(0, n, 64)])
+            val_feats = self.blend(self.features("val")[:, 0].to(self.device))
+        out = fit_cache_adapter(self.adapter, keys.reshape(n, v, -1), self.labels("train"), val_feats,
+                                self.labels("val"), self.text_weights, self.logit_scale, self.cfg.TRAINER.TIP,
+                                finetune=True, seed=max(self.cfg.SEED, 0))
+        self.log_choice("SAFE-A cache", alpha=out["alpha"], gamma=out["gamma"], val_accuracy=out["val_acc"])
+        self.save_model(self.safe_result.step - 1, self.output_dir, val_result=out["val_acc"],
+                        model_name="model-best.pth.tar")
+
+    @torch.no_grad()
+    def logits_from_dense(self, dense: Tensor) -> Tensor:
+        f = F.normalize(self.blend(dense), dim=-1)  # Eq. (10)
+        return self.adapter(f, self.text_weights, self.logit_scale)  # Eq. (8)
