@@ -45,9 +45,9 @@ class AttnPoolHead(nn.Module):
 
 
 def make_pooling_head(visual: Any) -> nn.Module:
-    """A float32 copy of the pooling head of ``visual`` (independent parameters)."""
+    """A float32, trainable copy of the pooling head of ``visual`` (independent parameters)."""
     head = ViTPoolingHead(visual) if is_vit(visual) else AttnPoolHead(visual)
-    return head.float()
+    return head.float().requires_grad_(True)
 
 
 @torch.no_grad()

@@ -35,7 +35,7 @@ from .prompts import prompt_classifier
 STORE_DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
 
 
-class TestSplitAccessError(RuntimeError):
+class EarlyTestAccessError(RuntimeError):
     """Raised when a method asks for test features before the final evaluation."""
 
 
@@ -110,7 +110,7 @@ class FrozenFeatureTrainer(TrainerX):
         """G's output for every image of ``split``: ``[N, V, ...]`` on the CPU (V = TRAIN_VIEWS
         augmented views for train, 1 test-transform view otherwise)."""
         if split == "test" and not self._test_allowed:
-            raise TestSplitAccessError(
+            raise EarlyTestAccessError(
                 "test features were requested before the final evaluation; choose everything on "
                 "the val split and call test() once at the end")
         if split in self._features:
