@@ -72,3 +72,13 @@ def test_import_clip_without_pkg_resources():
     assert result.stdout.split() == [
         "plain-import-fails", "standin-parser-ok", "real-packaging-ok", "pkg-resources-untouched-ok",
     ]
+
+
+def test_importing_fsclip_clip_is_light():
+    code = ("import sys, fsclip.clip as c; assert 'torch' not in sys.modules and 'clip' not in sys.modules; "
+            "assert 'load_clip' in c.__all__; print('light')")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                            timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "light", result.stderr

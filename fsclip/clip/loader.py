@@ -209,11 +209,10 @@ def load_clip(name_or_path: str, device: Union[str, torch.device] = "cpu", cache
     """
     clip = import_clip()
     path = resolve_clip_weights(name_or_path, cache_dir)
-    name = str(name_or_path).strip()
-    url = official_models().get(name)
-    if url is None:  # a path to a file with an official name, e.g. .../RN50.pt
-        url = next((u for u in official_models().values()
-                    if os.path.basename(u) == os.path.basename(path)), None)
+    # the official URL, for the "fetch it again" hint: by name, or by the file's official name
+    urls = official_models()
+    url = urls.get(str(name_or_path).strip()) or next(
+        (u for u in urls.values() if os.path.basename(u) == os.path.basename(path)), None)
     prec = resolve_precision(precision, device)
 
     state_dict = _read_state_dict(path, url)
