@@ -31,3 +31,90 @@ prepare_run() {
     fi
     mkdir -p "$dir"
 }
+
+# fewshot_main TRAINER DATASET SHOTS [CFG] [KEY VALUE ...]
+#   Trains and tests seeds ${SEEDS:-1 2 3} into
+#   ${OUTPUT}/DATASET/TRAINER/CFG_SHOTSshots/seedS, skipping finished runs and redoing
+#   unfinished ones, then prints mean +- std over the seeds.
+fewshot_main() {
+    local trainer=$1 dataset=${2:?usage: main.sh DATASET SHOTS [CFG] [KEY VALUE ...]} shots=${3:?usage: main.sh DATASET SHOTS [CFG] [KEY VALUE ...]}
+    local cfg=${4:-rn50}
+    shift $(( $# < 4 ? $# : 4 ))
+    local seed dir
+    local base="${OUTPUT}/${dataset}/${trainer}/${cfg}_${shots}shots"
+    for seed in ${SEEDS:-1 2 3}; do
+        dir="${base}/seed${seed}"
+        if run_finished "$dir" train; then
+            echo "Results are available in ${dir}; skipping"
+            continue
+        fi
+        prepare_run "$dir"
+        $PYTHON train.py \
+            --root "$DATA" \
+            --seed "$seed" \
+            --trainer "$trainer" \
+            --dataset-config-file "configs/datasets/${dataset}.yaml" \
+            --config-file "configs/trainers/${trainer}/${cfg}.yaml" \
+            --output-dir "$dir" \
+            DATASET.NUM_SHOTS "$shots" "$@"
+    done
+    $PYTHON parse_test_res.py "$base"
+}
+
+# fewshot_eval TRAINER DATASET SHOTS [CFG] [KEY VALUE ...]
+#   Re-evaluates trained runs (eval-only, e.g. another TRAINER.SAFE.BETA) into
+#   ${OUTPUT}/evaluation/DATASET/TRAINER/CFG_SHOTSshots${EVAL_TAG:+_EVAL_TAG}/seedS.
+fewshot_eval() {
+    local trainer=$1 dataset=${2:?usage: eval.sh DATASET SHOTS [CFG] [KEY VALUE ...]} shots=${3:?usage: eval.sh DATASET SHOTS [CFG] [KEY VALUE ...]}
+    local cfg=${4:-rn50}
+    shift $(( $# < 4 ? $# : 4 ))
+    local seed model out
+    local base="${OUTPUT}/evaluation/${dataset}/${trainer}/${cfg}_${shots}shots${EVAL_TAG:+_${EVAL_TAG}}"
+    for seed in ${SEEDS:-1 2 3}; do
+        model="${OUTPUT}/${dataset}/${trainer}/${cfg}_${shots}shots/seed${seed}"
+        out="${base}/seed${seed}"
+        prepare_run "$out"
+        $PYTHON train.py \
+            --root "$DATA" \
+            --seed "$seed" \
+            --trainer "$trainer" \
+            --dataset-config-file "configs/datasets/${dataset}.yaml" \
+            --config-file "configs/trainers/${trainer}/${cfg}.yaml" \
+            --output-dir "$out" \
+            --model-dir "$model" \
+            --eval-only \
+            DATASET.NUM_SHOTS "$shots" "$@"
+    done
+    $PYTHON parse_test_res.py "$base" --test-log
+}
+
+# fewshot_ood TRAINER [CFG] [KEY VALUE ...]
+#   Trains on ImageNet with 16 shots (seeds as above), then evaluates each model on
+#   ImageNet-V2, -Sketch, -A and -R.
+fewshot_ood() {
+    local trainer=$1 cfg=${2:-rn50}
+    shift $(( $# < 2 ? $# : 2 ))
+    fewshot_main "$trainer" imagenet 16 "$cfg" "$@"
+    local target seed out base
+    for target in ${OOD_TARGETS:-imagenetv2 imagenet_sketch imagenet_a imagenet_r}; do
+        base="${OUTPUT}/evaluation/${target}/${trainer}/${cfg}_16shots_from_imagenet"
+        for seed in ${SEEDS:-1 2 3}; do
+            out="${base}/seed${seed}"
+            if run_finished "$out" test; then
+                echo "Results are available in ${out}; skipping"
+                continue
+            fi
+            prepare_run "$out"
+            $PYTHON train.py \
+                --root "$DATA" \
+                --seed "$seed" \
+                --trainer "$trainer" \
+                --dataset-config-file "configs/datasets/${target}.yaml" \
+                --config-file "configs/trainers/${trainer}/${cfg}.yaml" \
+                --output-dir "$out" \
+                --model-dir "${OUTPUT}/imagenet/${trainer}/${cfg}_16shots/seed${seed}" \
+                --eval-only "$@"
+        done
+        $PYTHON parse_test_res.py "$base" --test-log
+    done
+}

@@ -49,7 +49,8 @@ class ZeroshotCLIP(TrainerX):
         image_features = self.clip_model.encode_image(image)  # [B, D]
         image_features = image_features / image_features.norm(dim=-1, keepdim=True)
         logit_scale = self.clip_model.logit_scale.exp()
-        return (logit_scale * image_features @ self.text_features.t().to(image_features.dtype)).float()  # [B, K]
+        logits = logit_scale * image_features @ self.text_features.t().to(image_features.dtype)  # [B, K]
+        return self.restrict_logits(logits.float())
 
     def train(self) -> None:  # type: ignore[override]
         """Nothing to train: evaluate once, with the lines log parsers expect."""

@@ -73,6 +73,15 @@ class CacheAdapter(torch.nn.Module):
         self.register_buffer("alpha", torch.tensor(1.0))
         self.register_buffer("gamma", torch.tensor(1.0))
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # a cache built on another dataset (e.g. ImageNet, evaluated on ImageNet-V2) has its own size
+        keys, values = state_dict.get(prefix + "keys"), state_dict.get(prefix + "values")
+        if keys is not None and keys.shape != self.keys.shape:
+            self.keys = torch.nn.Parameter(torch.zeros(keys.shape, device=self.keys.device))
+        if values is not None and values.shape != self.values.shape:
+            self.values = torch.zeros(values.shape, device=self.values.device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     @torch.no_grad()
     def set_cache(self, keys: Tensor, values: Tensor) -> None:
         if keys.shape != self.keys.shape or values.shape != self.values.shape:

@@ -201,7 +201,7 @@ class FrozenFeatureTrainer(TrainerX):
         labels = self.labels(split)
         bs = max(1, self.cfg.DATALOADER.TEST.BATCH_SIZE)
         for i in range(0, dense.shape[0], bs):
-            logits = self.logits_from_dense(dense[i:i + bs].to(self.device))
+            logits = self.restrict_logits(self.logits_from_dense(dense[i:i + bs].to(self.device)))
             self.evaluator.process(logits, labels[i:i + bs])
         results = self.evaluator.evaluate()
         return list(results.values())[0]

@@ -51,6 +51,16 @@ class DasslCompatMixin:
             print(f"Load {model_path} to {name} (epoch={ck_epoch}, val_result={shown})")
             self._models[name].load_state_dict(state_dict, strict=self.strict_state_dict(name))
 
+    def restrict_logits(self, logits):
+        """Mask classes outside the dataset's ``label_subset`` (ImageNet-A/R cover 200 of
+        ImageNet's 1000 labels and are evaluated among those only)."""
+        subset = getattr(getattr(getattr(self, "dm", None), "dataset", None), "label_subset", None)
+        if not subset:
+            return logits
+        mask = logits.new_full((logits.shape[-1],), float("-inf"))
+        mask[list(subset)] = 0
+        return logits + mask
+
     def strict_state_dict(self, name: str) -> bool:
         """Whether loading ``name`` requires every key (override for partial state dicts)."""
         return True

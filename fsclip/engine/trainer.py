@@ -265,7 +265,7 @@ class SimpleTrainer(TrainerBase):
         print(f"Evaluate on the *{split}* set")
         for batch in tqdm(data_loader):
             inputs, label = self.parse_batch_test(batch)
-            output = self.model_inference(inputs)
+            output = self.restrict_logits(self.model_inference(inputs))
             self.evaluator.process(output, label)
         results = self.evaluator.evaluate()
         for k, v in results.items():

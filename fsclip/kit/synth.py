@@ -1,0 +1,600 @@
+"""A synthetic image-classification benchmark rendered by code (PIL + NumPy) from a seed.
+
+Every image shows one main object with nameable attributes (shape, colour, fill texture, size)
+and, depending on the rendering *domain*, distractor objects, textured backgrounds, a colour
+cast, noise and blur. Three domains exist:
+
+- ``pretrain``: the micro-CLIPs' pretraining distribution (clean: plain or gradient backgrounds,
+  at most one distractor, mostly filled objects, some outline drawings);
+- ``photo``: the downstream benchmarks (cluttered: busy backgrounds, 1-4 distractors of the
+  same vocabulary, lighting cast, noise, blur, off-centre objects);
+- ``sketch``: the shifted variant (coloured outline drawings on paper).
+
+Downstream datasets (see :data:`DATASETS`) are written in the CoOp layout::
+
+    <root>/<dataset_dir>/images/<class_folder>/<split>_<index>.png
+    <root>/<dataset_dir>/split_zhou_<Name>.json   {"train"|"val"|"test": [[relpath, label, classname], ...]}
+    <root>/<dataset_dir>/.complete                 marker, written last (JSON: version, seed, name)
+
+Generation is deterministic: image ``i`` of split ``s`` of dataset ``d`` is drawn from a NumPy
+generator seeded with ``(seed, d, s, i)`` and saved as PNG with fixed settings, so two runs
+with the same seed give byte-identical files. A dataset is generated into a temporary folder
+next to its final place and renamed into place, so an interrupted generation leaves nothing
+that looks complete, and two processes generating at once both end with one valid copy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import os
+import os.path as osp
+import shutil
+import tempfile
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+# Bump when rendering changes: cached datasets of another version are regenerated.
+GENERATOR_VERSION = 1
+DEFAULT_SEED = 0
+CANVAS = 128  # image side in pixels (= the micro-CLIPs' input resolution)
+_SS = 2  # supersampling factor for anti-aliased shapes
+MARKER = ".complete"
+
+SHAPES: Tuple[str, ...] = (
+    "circle", "square", "triangle", "star", "hexagon",
+    "cross", "diamond", "heart", "pentagon", "arrow",
+)
+COLOURS: Dict[str, Tuple[int, int, int]] = {
+    "red": (215, 35, 35),
+    "orange": (245, 135, 20),
+    "yellow": (240, 215, 35),
+    "green": (40, 160, 50),
+    "blue": (35, 75, 215),
+    "purple": (135, 50, 185),
+    "pink": (245, 135, 190),
+    "brown": (125, 75, 35),
+    "white": (240, 240, 240),
+    "black": (25, 25, 25),
+    "gray": (128, 128, 128),
+    "cyan": (40, 205, 215),
+}
+TEXTURES: Tuple[str, ...] = ("plain", "striped", "dotted", "checkered", "wavy")
+DOMAINS: Tuple[str, ...] = ("pretrain", "photo", "sketch")
+
+
+# --------------------------------------------------------------------------------------------
+# Shapes
+# --------------------------------------------------------------------------------------------
+
+def _regular(n: int, start: float = -math.pi / 2) -> np.ndarray:
+    t = start + np.arange(n) * 2 * math.pi / n
+    return np.stack([np.cos(t), np.sin(t)], 1)
+
+
+@lru_cache(maxsize=None)
+def _unit_polygon(shape: str) -> np.ndarray:
+    """Outline of ``shape`` as an (N, 2) array in unit coordinates (about radius 1)."""
+    if shape == "circle":
+        return _regular(48)
+    if shape == "square":
+        return _regular(4, -math.pi / 4) * 1.1
+    if shape == "triangle":
+        pts = _regular(3) * 1.15
+        return pts + np.array([0.0, 0.15])
+    if shape == "pentagon":
+        return _regular(5)
+    if shape == "hexagon":
+        return _regular(6, 0.0)
+    if shape == "star":
+        outer, inner = _regular(5) * 1.1, _regular(5, -math.pi / 2 + math.pi / 5) * 0.45
+        return np.stack([outer, inner], 1).reshape(-1, 2)
+    if shape == "diamond":
+        return np.array([[0, -1.15], [0.62, 0], [0, 1.15], [-0.62, 0]], dtype=float)
+    if shape == "cross":
+        a, b = 1.0, 0.34
+        return np.array([[-b, -a], [b, -a], [b, -b], [a, -b], [a, b], [b, b], [b, a], [-b, a],
+                         [-b, b], [-a, b], [-a, -b], [-b, -b]], dtype=float)
+    if shape == "heart":
+        t = np.linspace(0, 2 * math.pi, 64, endpoint=False)
+        x = 16 * np.sin(t) ** 3
+        y = -(13 * np.cos(t) - 5 * np.cos(2 * t) - 2 * np.cos(3 * t) - np.cos(4 * t))
+        pts = np.stack([x, y], 1) / 16.0
+        return pts - np.array([0.0, 0.15])
+    if shape == "arrow":
+        return np.array([[-1, -0.28], [0.15, -0.28], [0.15, -0.7], [1, 0], [0.15, 0.7],
+                         [0.15, 0.28], [-1, 0.28]], dtype=float)
+    raise KeyError(f"unknown shape {shape!r}; known: {SHAPES}")
+
+
+_MAX_ROT = {"circle": 180, "star": 180, "arrow": 180, "hexagon": 30, "pentagon": 36}
+
+
+def _place(shape: str, cx: float, cy: float, r: float, rot_deg: float,
+           jitter: float = 0.0, rng: Optional[np.random.Generator] = None) -> np.ndarray:
+    """Polygon of ``shape`` in canvas pixel coordinates, (N, 2)."""
+    pts = _unit_polygon(shape).copy()
+    if jitter and rng is not None:
+        noise = rng.normal(0, jitter, pts.shape)
+        if len(pts) > 12:  # smooth hand-drawn wobble instead of per-vertex scribble
+            k = 7
+            padded = np.concatenate([noise[-k:], noise, noise[:k]])
+            kernel = np.ones(k) / k
+            noise = np.stack([np.convolve(padded[:, j], kernel, "same")[k:-k] for j in range(2)], 1)
+            noise *= 2.0
+        pts = pts + noise
+    th = math.radians(rot_deg)
+    rotm = np.array([[math.cos(th), -math.sin(th)], [math.sin(th), math.cos(th)]])
+    return pts @ rotm.T * r + np.array([cx, cy])
+
+
+def _mask(points: np.ndarray, outline_width: int = 0) -> Tuple[np.ndarray, Tuple[int, int, int, int]]:
+    """Anti-aliased float32 mask in [0, 1] of a filled polygon (or its outline), cropped to its
+    bounding box; returns (mask, (x0, y0, x1, y1)) in canvas pixels."""
+    pad = outline_width + 2
+    x0 = max(int(math.floor(points[:, 0].min())) - pad, 0)
+    y0 = max(int(math.floor(points[:, 1].min())) - pad, 0)
+    x1 = min(int(math.ceil(points[:, 0].max())) + pad, CANVAS)
+    y1 = min(int(math.ceil(points[:, 1].max())) + pad, CANVAS)
+    w, h = max(x1 - x0, 1), max(y1 - y0, 1)
+    img = Image.new("L", (w * _SS, h * _SS), 0)
+    draw = ImageDraw.Draw(img)
+    pts = [(float(x - x0) * _SS, float(y - y0) * _SS) for x, y in points]
+    if outline_width > 0:
+        draw.line(pts + [pts[0], pts[1]], fill=255, width=outline_width * _SS, joint="curve")
+    else:
+        draw.polygon(pts, fill=255)
+    img = img.resize((w, h), Image.BOX)
+    return np.asarray(img, dtype=np.float32) * np.float32(1 / 255.0), (x0, y0, x0 + w, y0 + h)
+
+
+# --------------------------------------------------------------------------------------------
+# Colours, textures, backgrounds
+# --------------------------------------------------------------------------------------------
+
+@lru_cache(maxsize=1)
+def _grid() -> Tuple[np.ndarray, np.ndarray]:
+    y, x = np.mgrid[0:CANVAS, 0:CANVAS].astype(np.float32)
+    return x, y
+
+
+def _colour(rng: np.random.Generator, name: str, spread: float = 14.0) -> np.ndarray:
+    base = np.array(COLOURS[name], dtype=np.float32)
+    return np.clip(base + rng.normal(0, spread, 3), 0, 255).astype(np.float32)
+
+
+def _pattern(rng: np.random.Generator, texture: str,
+             box: Tuple[int, int, int, int]) -> Optional[np.ndarray]:
+    """Boolean map of the secondary colour of a texture over ``box`` (None for plain)."""
+    if texture == "plain":
+        return None
+    x0, y0, x1, y1 = box
+    gx, gy = _grid()
+    x, y = gx[y0:y1, x0:x1], gy[y0:y1, x0:x1]
+    th = rng.uniform(0, math.pi)
+    u = x * math.cos(th) + y * math.sin(th)
+    v = -x * math.sin(th) + y * math.cos(th)
+    if texture == "striped":
+        period = rng.uniform(9, 14)
+        return np.sin(2 * math.pi * u / period + rng.uniform(0, 6.3)) > 0
+    if texture == "wavy":
+        period = rng.uniform(10, 14)
+        return np.sin(2 * math.pi * u / period + 2.2 * np.sin(2 * math.pi * v / 14.0)) > 0
+    if texture == "checkered":
+        period = rng.uniform(8, 12)
+        return ((np.floor(u / period) + np.floor(v / period)) % 2) == 0
+    if texture == "dotted":
+        period = rng.uniform(10, 14)
+        rad = period * rng.uniform(0.26, 0.33)
+        du = (u % period) - period / 2
+        dv = (v % period) - period / 2
+        return du * du + dv * dv < rad * rad
+    raise KeyError(f"unknown texture {texture!r}; known: {TEXTURES}")
+
+
+def _secondary(rng: np.random.Generator, primary: np.ndarray) -> np.ndarray:
+    lum = float(primary @ np.array([0.299, 0.587, 0.114]))
+    if lum > 150 or (lum > 60 and rng.random() < 0.5):
+        return primary * rng.uniform(0.15, 0.35)  # dark pattern
+    return primary + (255 - primary) * rng.uniform(0.7, 0.9)  # light pattern
+
+
+def _random_rgb(rng: np.random.Generator, lo: float = 0, hi: float = 255) -> np.ndarray:
+    return rng.uniform(lo, hi, 3).astype(np.float32)
+
+
+def _upsampled_noise(rng: np.random.Generator, cells: int) -> np.ndarray:
+    small = rng.uniform(0, 255, (cells, cells)).astype(np.uint8)
+    img = Image.fromarray(small, "L").resize((CANVAS, CANVAS), Image.BICUBIC)
+    return np.asarray(img, dtype=np.float32) / 255.0
+
+
+def _background(rng: np.random.Generator, kind: str) -> np.ndarray:
+    x, y = _grid()
+    if kind == "plain":
+        c = _random_rgb(rng, 40, 235)
+        return np.broadcast_to(c, (CANVAS, CANVAS, 3)).copy()
+    if kind == "gradient":
+        a, b = _random_rgb(rng, 30, 240), _random_rgb(rng, 30, 240)
+        th = rng.uniform(0, 2 * math.pi)
+        t = (x * math.cos(th) + y * math.sin(th)) / CANVAS
+        t = (t - t.min()) / (t.max() - t.min() + 1e-6)
+        return a + (b - a) * t[..., None]
+    if kind == "noise":
+        a, b = _random_rgb(rng, 20, 240), _random_rgb(rng, 20, 240)
+        t = _upsampled_noise(rng, int(rng.integers(4, 12)))
+        return a + (b - a) * t[..., None]
+    if kind == "grid":
+        a, b = _random_rgb(rng, 60, 240), _random_rgb(rng, 0, 200)
+        period = rng.uniform(10, 24)
+        lines = ((x % period) < 1.5) | ((y % period) < 1.5)
+        return np.where(lines[..., None], b, a)
+    if kind == "blobs":
+        img = np.broadcast_to(_random_rgb(rng, 40, 230), (CANVAS, CANVAS, 3)).copy()
+        for _ in range(int(rng.integers(3, 7))):
+            cx, cy = rng.uniform(0, CANVAS, 2)
+            rx, ry = rng.uniform(12, 45, 2)
+            m = (((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2) < 1
+            img[m] = img[m] * 0.3 + _random_rgb(rng, 20, 240) * 0.7
+        return img
+    if kind == "paper":
+        base = np.array([rng.uniform(225, 252)] * 3, dtype=np.float32)
+        base += rng.normal(0, 4, 3)
+        img = base + (_upsampled_noise(rng, 16)[..., None] - 0.5) * 14
+        if rng.random() < 0.5:  # ruled paper
+            period = rng.uniform(12, 20)
+            lines = (y % period) < 1.0
+            img = np.where(lines[..., None], img * np.array([0.85, 0.9, 1.0]), img)
+        return img
+    raise KeyError(kind)
+
+
+# --------------------------------------------------------------------------------------------
+# Scenes
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Obj:
+    shape: str
+    colour: str
+    texture: str
+    size: float  # radius as a fraction of the canvas side
+    outline: bool = False
+
+
+@dataclass(frozen=True)
+class Style:
+    """Rendering parameters of a domain."""
+
+    backgrounds: Tuple[str, ...]
+    n_distractors: Tuple[int, int]  # inclusive range
+    distractor_size: Tuple[float, float]
+    main_size: Tuple[float, float]
+    offset: float  # max centre offset of the main object, fraction of the canvas
+    outline_prob: float
+    noise: Tuple[float, float]  # gaussian pixel noise std range
+    blur_prob: float
+    cast: float  # std of the per-channel lighting gain
+    jitter: float = 0.0  # hand-drawn vertex jitter (outline drawings)
+
+
+STYLES: Dict[str, Style] = {
+    "pretrain": Style(backgrounds=("plain", "plain", "gradient", "noise"), n_distractors=(0, 1),
+                      distractor_size=(0.08, 0.13), main_size=(0.22, 0.42), offset=0.12,
+                      outline_prob=0.15, noise=(0.0, 4.0), blur_prob=0.0, cast=0.0, jitter=0.02),
+    "photo": Style(backgrounds=("plain", "gradient", "noise", "grid", "blobs"),
+                   n_distractors=(1, 4), distractor_size=(0.09, 0.19), main_size=(0.2, 0.36),
+                   offset=0.2, outline_prob=0.0, noise=(3.0, 14.0), blur_prob=0.35, cast=0.12),
+    "sketch": Style(backgrounds=("paper",), n_distractors=(1, 3), distractor_size=(0.09, 0.18),
+                    main_size=(0.22, 0.38), offset=0.18, outline_prob=1.0, noise=(1.0, 5.0),
+                    blur_prob=0.3, cast=0.0, jitter=0.05),
+}
+
+
+def random_object(rng: np.random.Generator, shapes: Sequence[str] = SHAPES,
+                  colours: Sequence[str] = tuple(COLOURS), textures: Sequence[str] = TEXTURES,
+                  size_range: Tuple[float, float] = (0.1, 0.2)) -> Obj:
+    return Obj(shape=str(rng.choice(list(shapes))), colour=str(rng.choice(list(colours))),
+               texture=str(rng.choice(list(textures))), size=float(rng.uniform(*size_range)))
+
+
+def _draw(img: np.ndarray, rng: np.random.Generator, obj: Obj, cx: float, cy: float,
+          style: Style) -> None:
+    rot = rng.uniform(-1, 1) * _MAX_ROT.get(obj.shape, 18)
+    r = obj.size * CANVAS
+    primary = _colour(rng, obj.colour)
+    if obj.outline:
+        width = int(rng.integers(2, 5))
+        pts = _place(obj.shape, cx, cy, r, rot, style.jitter, rng)
+        m, box = _mask(pts, outline_width=width)
+        fill = primary
+        _composite(img, m, box, fill)
+        if style.jitter and rng.random() < 0.5:  # a second, sloppier stroke
+            pts2 = _place(obj.shape, cx + rng.normal(0, 1), cy + rng.normal(0, 1), r, rot,
+                          style.jitter * 1.5, rng)
+            m2, box2 = _mask(pts2, outline_width=max(1, width - 1))
+            _composite(img, m2 * np.float32(0.7), box2, fill)
+        return
+    pts = _place(obj.shape, cx, cy, r, rot)
+    m, box = _mask(pts)
+    pat = _pattern(rng, obj.texture, box)
+    if pat is None:
+        _composite(img, m, box, primary)
+    else:
+        fill = np.where(pat[..., None], _secondary(rng, primary).astype(np.float32), primary)
+        _composite(img, m, box, fill)
+
+
+def _composite(img: np.ndarray, m: np.ndarray, box: Tuple[int, int, int, int], fill) -> None:
+    x0, y0, x1, y1 = box
+    region = img[y0:y1, x0:x1]
+    m = m[: region.shape[0], : region.shape[1], None]
+    if not isinstance(fill, np.ndarray) or fill.ndim == 1:
+        region += (np.asarray(fill, dtype=np.float32) - region) * m
+    else:
+        region += (fill[: region.shape[0], : region.shape[1]] - region) * m
+
+
+def render(rng: np.random.Generator, main: Obj, domain: str,
+           distractors: Optional[List[Obj]] = None) -> Tuple[Image.Image, dict]:
+    """Render one scene. Returns the PIL RGB image and a dict of what was drawn."""
+    style = STYLES[domain]
+    bg_kind = str(rng.choice(list(style.backgrounds)))
+    img = _background(rng, bg_kind).astype(np.float32)
+    if distractors is None:
+        n = int(rng.integers(style.n_distractors[0], style.n_distractors[1] + 1))
+        distractors = [random_object(rng, size_range=style.distractor_size) for _ in range(n)]
+    outline_all = domain == "sketch"
+    for d in distractors:
+        d = Obj(d.shape, d.colour, d.texture, d.size, outline=outline_all or main.outline)
+        cx, cy = rng.uniform(d.size * CANVAS, CANVAS - d.size * CANVAS, 2)
+        _draw(img, rng, d, cx, cy, style)
+    off = style.offset * CANVAS
+    cx, cy = CANVAS / 2 + rng.uniform(-off, off, 2)
+    _draw(img, rng, main, cx, cy, style)
+    if style.cast > 0:
+        gain = 1 + rng.normal(0, style.cast, 3)
+        img = img * (gain * rng.uniform(0.8, 1.15)).astype(np.float32) + np.float32(rng.uniform(-15, 15))
+    sigma = rng.uniform(*style.noise)
+    if sigma > 0:
+        img = img + rng.standard_normal(img.shape, dtype=np.float32) * np.float32(sigma)
+    pil = Image.fromarray(np.clip(np.rint(img), 0, 255).astype(np.uint8), "RGB")
+    if style.blur_prob > 0 and rng.random() < style.blur_prob:
+        pil = pil.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.5, 1.2))))
+    return pil, {"background": bg_kind, "distractors": distractors}
+
+
+# --------------------------------------------------------------------------------------------
+# Downstream datasets
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SynthSpec:
+    name: str  # registry / split-file name
+    dataset_dir: str
+    classes: Tuple[Tuple[str, str], ...]  # (classname, attribute used besides shape)
+    kind: str  # "shape_colour" or "shape_texture"
+    domain: str
+    counts: Dict[str, int]  # images per class per split
+    index: int  # used in the per-image seed
+
+
+def _shape_colour_classes() -> Tuple[Tuple[str, str], ...]:
+    shapes = ("circle", "square", "triangle", "star", "heart")
+    colours = ("red", "green", "blue", "yellow", "purple")
+    out = []
+    for i, s in enumerate(shapes):  # every shape with two colours, every colour with two shapes
+        out.append((f"{colours[i]} {s}", colours[i]))
+        out.append((f"{colours[(i + 1) % 5]} {s}", colours[(i + 1) % 5]))
+    return tuple(out)
+
+
+def _shape_texture_classes() -> Tuple[Tuple[str, str], ...]:
+    shapes = ("circle", "square", "triangle", "hexagon", "star")
+    textures = ("plain", "striped", "dotted", "checkered")
+    return tuple((f"{t} {s}", t) for s in shapes for t in textures)
+
+
+DATASETS: Dict[str, SynthSpec] = {
+    "SynthShapes": SynthSpec("SynthShapes", "synth_shapes", _shape_colour_classes(),
+                             "shape_colour", "photo", {"train": 20, "val": 5, "test": 30}, 1),
+    "SynthTextures": SynthSpec("SynthTextures", "synth_textures", _shape_texture_classes(),
+                               "shape_texture", "photo", {"train": 20, "val": 5, "test": 15}, 2),
+    "SynthShapesSketch": SynthSpec("SynthShapesSketch", "synth_shapes_sketch",
+                                   _shape_colour_classes(), "shape_colour", "sketch",
+                                   {"train": 0, "val": 0, "test": 30}, 3),
+}
+_SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
+
+# Prompt templates: one CoOp-style template and a small hand-engineered ensemble per dataset
+# (the shifted variant uses its source dataset's, as ImageNet-Sketch uses ImageNet's).
+TEMPLATE = "a photo of a {}."
+TEMPLATES: Tuple[str, ...] = ("a photo of a {}.", "a picture of a {}.", "a {}.",
+                              "a photo of a small {}.", "a photo of a large {}.")
+SOURCE = {"SynthShapesSketch": "SynthShapes"}  # shifted variant -> dataset it shifts
+
+
+def class_object(rng: np.random.Generator, spec: SynthSpec, label: int) -> Obj:
+    classname, attr = spec.classes[label]
+    shape = classname.split()[-1]
+    style = STYLES[spec.domain]
+    size = float(rng.uniform(*style.main_size))
+    if spec.kind == "shape_colour":
+        texture = str(rng.choice(["plain", "plain", "striped", "dotted", "checkered", "wavy"]))
+        return Obj(shape, attr, texture, size, outline=spec.domain == "sketch")
+    colour = str(rng.choice(list(COLOURS)))
+    return Obj(shape, colour, attr, size, outline=spec.domain == "sketch")
+
+
+def folder_name(classname: str) -> str:
+    return classname.replace(" ", "_")
+
+
+def render_item(spec: SynthSpec, split: str, label: int, index: int, seed: int) -> Image.Image:
+    rng = np.random.default_rng([seed, spec.index, _SPLIT_IDS[split], label, index])
+    img, _ = render(rng, class_object(rng, spec, label), spec.domain)
+    return img
+
+
+def png_bytes(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", compress_level=1, optimize=False)
+    return buf.getvalue()
+
+
+def _render_job(job: Tuple[str, str, str, int, int, int]) -> None:
+    """Render one image and write it (top-level so worker processes can run it)."""
+    name, folder, split, label, index, seed = job
+    spec = DATASETS[name]
+    rel = f"{folder_name(spec.classes[label][0])}/{split}_{index:04d}.png"
+    with open(osp.join(folder, "images", rel), "wb") as f:
+        f.write(png_bytes(render_item(spec, split, label, index, seed)))
+
+
+def _num_workers() -> int:
+    env = os.environ.get("FSCLIP_SYNTH_WORKERS", "")
+    if env.strip():
+        return max(1, int(env))
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        n = os.cpu_count() or 1
+    return max(1, min(4, n))
+
+
+def _write_dataset(spec: SynthSpec, folder: str, seed: int) -> None:
+    split: Dict[str, list] = {"train": [], "val": [], "test": []}
+    jobs = []
+    for label, (classname, _) in enumerate(spec.classes):
+        os.makedirs(osp.join(folder, "images", folder_name(classname)), exist_ok=True)
+    for name in ("train", "val", "test"):
+        for label, (classname, _) in enumerate(spec.classes):
+            for i in range(spec.counts[name]):
+                rel = f"{folder_name(classname)}/{name}_{i:04d}.png"
+                split[name].append([rel, label, classname])
+                jobs.append((spec.name, folder, name, label, i, seed))
+    workers = _num_workers()
+    if workers > 1 and len(jobs) > 64:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        # spawn: safe in processes that already run torch threads
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+            list(pool.map(_render_job, jobs, chunksize=32))
+    else:
+        for job in jobs:
+            _render_job(job)
+    with open(osp.join(folder, f"split_zhou_{spec.name}.json"), "w", encoding="utf-8") as f:
+        json.dump(split, f, indent=1)
+        f.write("\n")
+    with open(osp.join(folder, MARKER), "w", encoding="utf-8") as f:
+        json.dump(_marker(spec, seed), f, sort_keys=True)
+        f.write("\n")
+
+
+def _marker(spec: SynthSpec, seed: int) -> dict:
+    return {"name": spec.name, "version": GENERATOR_VERSION, "seed": int(seed)}
+
+
+def is_complete(root: str, name: str, seed: int = DEFAULT_SEED) -> bool:
+    spec = DATASETS[name]
+    path = osp.join(root, spec.dataset_dir, MARKER)
+    try:
+        with open(path, "r", encoding="utf-8") as f:
+            return json.load(f) == _marker(spec, seed)
+    except (OSError, ValueError):
+        return False
+
+
+def ensure_dataset(root: str, name: str, seed: int = DEFAULT_SEED, verbose: bool = True) -> str:
+    """Return ``<root>/<dataset_dir>``, generating the dataset there first if needed.
+
+    A folder without a matching marker (interrupted generation, other seed or generator
+    version) is replaced. Safe when several processes call this at once.
+    """
+    if name not in DATASETS:
+        raise KeyError(f"unknown synthetic dataset {name!r}; known: {sorted(DATASETS)}")
+    spec = DATASETS[name]
+    root = osp.abspath(osp.expanduser(root))
+    final = osp.join(root, spec.dataset_dir)
+    if is_complete(root, name, seed):
+        return final
+    os.makedirs(root, exist_ok=True)
+    if verbose:
+        print(f"Generating synthetic dataset {name} (seed {seed}) under {final}")
+    tmp = tempfile.mkdtemp(prefix=f".{spec.dataset_dir}.tmp-", dir=root)
+    try:
+        _write_dataset(spec, tmp, seed)
+        os.chmod(tmp, 0o755)
+        for _ in range(3):
+            if is_complete(root, name, seed):  # another process finished first
+                break
+            if osp.exists(final):  # stale or incomplete copy: move it aside, then drop it
+                stale = tempfile.mkdtemp(prefix=f".{spec.dataset_dir}.stale-", dir=root)
+                try:
+                    os.rename(final, osp.join(stale, "old"))
+                except OSError:
+                    pass
+                shutil.rmtree(stale, ignore_errors=True)
+            try:
+                os.rename(tmp, final)
+                break
+            except OSError:
+                continue  # someone created `final` in between: look again
+        else:
+            if not is_complete(root, name, seed):
+                raise RuntimeError(f"could not move generated dataset into {final}")
+    finally:
+        if osp.exists(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def ensure_all(root: str, seed: int = DEFAULT_SEED, verbose: bool = True) -> Dict[str, str]:
+    return {name: ensure_dataset(root, name, seed, verbose) for name in DATASETS}
+
+
+def tree_digest(folder: str) -> Dict[str, str]:
+    """SHA-256 of every file under ``folder`` (relative path -> hex digest)."""
+    out = {}
+    for dirpath, _, files in os.walk(folder):
+        for fn in files:
+            path = osp.join(dirpath, fn)
+            with open(path, "rb") as f:
+                out[osp.relpath(path, folder)] = hashlib.sha256(f.read()).hexdigest()
+    return dict(sorted(out.items()))
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Generate the synthetic benchmark")
+    parser.add_argument("--root", required=True, help="DATASET.ROOT to write into")
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    parser.add_argument("--preview", default="", help="also write a contact sheet PNG here")
+    args = parser.parse_args(argv)
+    paths = ensure_all(args.root, args.seed)
+    for name, path in paths.items():
+        print(f"{name}: {path}")
+    if args.preview:
+        tiles = []
+        for name in DATASETS:
+            spec = DATASETS[name]
+            for label in range(min(10, len(spec.classes))):
+                tiles.append(render_item(spec, "test", label, 0, args.seed))
+        cols = 10
+        rows = math.ceil(len(tiles) / cols)
+        sheet = Image.new("RGB", (cols * CANVAS, rows * CANVAS))
+        for k, t in enumerate(tiles):
+            sheet.paste(t, ((k % cols) * CANVAS, (k // cols) * CANVAS))
+        sheet.save(args.preview)
+
+
+if __name__ == "__main__":
+    main()
