@@ -66,7 +66,8 @@ class Custom(BenchmarkDataset):
 
     def images_of(self, folder: str) -> List[str]:
         """Sorted image file names of a class folder; an empty class is an error."""
-        names = sorted(f for f in list_files(folder) if f.lower().endswith(IMAGE_EXTENSIONS))
+        names = sorted(osp.basename(f) for f in list_files(folder)
+                       if f.lower().endswith(IMAGE_EXTENSIONS))
         if not names:
             raise self.error(folder, "class folder holds no image (extensions: "
                              f"{', '.join(IMAGE_EXTENSIONS)})")

@@ -12,7 +12,8 @@ from typing import Dict, List
 
 from fsclip.backend import DATASET_REGISTRY, Datum
 
-from .common import BenchmarkDataset, clean_classname, list_dirs, list_files, read_imagenet_classnames
+from .common import (BenchmarkDataset, clean_classname, list_dirs, list_files,
+                     read_imagenet_classnames)
 
 # Tip-Adapter's hand-picked ensemble for ImageNet (used by SAFE and the ImageNet shifts).
 IMAGENET_TEMPLATES = [
@@ -71,8 +72,7 @@ class ImageNetFamily(BenchmarkDataset):
                 raise self.error(path, "class folder holds no image")
             label = folder_to_label[folder]
             name = self.all_classnames[label]
-            items.extend(Datum(impath=osp.join(path, f), label=label, classname=name)
-                         for f in files)
+            items.extend(Datum(impath=f, label=label, classname=name) for f in files)
         return items
 
 
