@@ -7,74 +7,120 @@ import os
 import pytest
 import torch
 
-from fsclip.adapt.cache import FeatureCache, fingerprint_images, fingerprint_tensors
+from fsclip.adapt.cache import FeatureCache, fingerprint_tensors, image_key
 from fsclip.adapt.extract import ViewDataset, view_seed
 
-META = {"backbone": "b", "split": "test", "count": 3, "views": 1}
+SPACE = {"backbone": "b", "transform": "t", "views": 1}
 
 
-def counter(value):
+def images(tmp_path, n=4):
+    paths = []
+    for i in range(n):
+        p = tmp_path / "img" / f"{i}.png"
+        p.parent.mkdir(exist_ok=True)
+        p.write_bytes(bytes([i]) * (i + 1))
+        paths.append(str(p))
+    return paths
+
+
+def fake_trunk(calls):
+    """Features [n, 1, 2] derived from each file's size, recording which paths were computed."""
+
+    def compute(paths):
+        calls.append(list(paths))
+        return torch.tensor([[[float(os.path.getsize(p)), 1.0]] for p in paths]).half()
+
+    return compute
+
+
+def test_only_missing_images_are_computed_and_order_is_kept(tmp_path):
+    cache = FeatureCache(str(tmp_path / "c"), 2**30)
+    paths = images(tmp_path)
     calls = []
-
-    def compute():
-        calls.append(1)
-        return value.clone()
-
-    return compute, calls
-
-
-def test_hit_after_miss_and_stored_weights_only(tmp_path):
-    cache = FeatureCache(str(tmp_path), 2**30)
-    feats = torch.randn(3, 1, 4, 2, 2).half()
-    compute, calls = counter(feats)
-    a = cache.get(META, compute, feats.numel() * 2)
-    b = cache.get(META, compute, feats.numel() * 2)
-    assert len(calls) == 1 and torch.equal(a, b) and b.dtype == torch.float16
-    path = cache.path(META)
-    blob = torch.load(path, weights_only=True)
-    assert blob["meta"]["split"] == "test"
-    assert not [f for _, _, fs in os.walk(tmp_path) for f in fs if f.startswith(".tmp")]
+    a = cache.get(SPACE, paths[:2], fake_trunk(calls))
+    b = cache.get(SPACE, [paths[3], paths[1], paths[0]], fake_trunk(calls))
+    assert calls == [paths[:2], [paths[3]]]
+    assert a[:, 0, 0].tolist() == [1.0, 2.0] and b[:, 0, 0].tolist() == [4.0, 2.0, 1.0]
+    assert b.dtype == torch.float16 and (cache.computed, cache.reused) == (3, 2)
+    folder = cache.space_dir(SPACE)
+    for shard in os.listdir(os.path.join(folder, "shards")):
+        blob = torch.load(os.path.join(folder, "shards", shard), weights_only=True)
+        assert set(blob) == {"keys", "features"}
+    assert not [f for _, _, fs in os.walk(tmp_path / "c") for f in fs if f.startswith(".tmp")]
 
 
-def test_different_meta_is_a_different_entry(tmp_path):
-    cache = FeatureCache(str(tmp_path), 2**30)
-    compute, calls = counter(torch.zeros(3, 1, 2))
-    cache.get(META, compute)
-    cache.get({**META, "views": 2}, compute)
-    assert len(calls) == 2
+def test_other_space_or_changed_image_is_recomputed(tmp_path):
+    cache = FeatureCache(str(tmp_path / "c"), 2**30)
+    paths = images(tmp_path)
+    calls = []
+    cache.get(SPACE, paths, fake_trunk(calls))
+    cache.get({**SPACE, "views": 2}, paths[:1], fake_trunk(calls))
+    with open(paths[2], "ab") as f:
+        f.write(b"more bytes")  # a replaced image file
+    got = cache.get(SPACE, paths, fake_trunk(calls))
+    assert calls[1:] == [paths[:1], [paths[2]]]
+    assert got[2, 0, 0].item() == os.path.getsize(paths[2])
 
 
-def test_corrupt_or_mismatched_entries_are_recomputed(tmp_path, capsys):
-    cache = FeatureCache(str(tmp_path), 2**30)
-    feats = torch.ones(3, 1, 2)
-    compute, calls = counter(feats)
-    cache.get(META, compute)
-    path = cache.path(META)
-    with open(path, "wb") as f:
+def test_corrupt_shards_and_index_are_recomputed(tmp_path, capsys):
+    cache = FeatureCache(str(tmp_path / "c"), 2**30)
+    paths = images(tmp_path)
+    calls = []
+    cache.get(SPACE, paths, fake_trunk(calls))
+    folder = cache.space_dir(SPACE)
+    shard = os.path.join(folder, "shards", os.listdir(os.path.join(folder, "shards"))[0])
+    with open(shard, "wb") as f:
         f.write(b"garbage")
-    assert torch.equal(cache.get(META, compute), feats) and len(calls) == 2
+    got = cache.get(SPACE, paths, fake_trunk(calls))
+    assert len(calls) == 2 and got[:, 0, 0].tolist() == [1.0, 2.0, 3.0, 4.0]
     assert "unreadable" in capsys.readouterr().out
-    torch.save({"meta": {"other": 1}, "features": torch.zeros(3, 1, 2)}, path)
-    assert torch.equal(cache.get(META, compute), feats) and len(calls) == 3
-    assert "does not match" in capsys.readouterr().out
+    with open(os.path.join(folder, "index.json"), "w") as f:
+        f.write("{not json")
+    cache.get(SPACE, paths, fake_trunk(calls))
+    assert len(calls) == 3 and "index" in capsys.readouterr().out
 
 
 def test_budget_exceeded_computes_without_writing(tmp_path, capsys):
-    cache = FeatureCache(str(tmp_path), max_bytes=1000)
-    compute, calls = counter(torch.zeros(3, 1, 2))
-    cache.get(META, compute, nbytes_estimate=5000)
-    assert not os.path.exists(cache.path(META))
+    cache = FeatureCache(str(tmp_path / "c"), max_bytes=100)
+    paths = images(tmp_path)
+    calls = []
+    cache.get(SPACE, paths, fake_trunk(calls), bytes_per_image=1000)
     assert "computing them for this run only" in capsys.readouterr().out
-    cache.get(META, compute, nbytes_estimate=5000)
+    cache.get(SPACE, paths, fake_trunk(calls), bytes_per_image=1000)
     assert len(calls) == 2
+    assert not os.path.exists(os.path.join(cache.space_dir(SPACE), "index.json"))
 
 
 def test_disabled_cache_never_writes(tmp_path):
     cache = FeatureCache("", 2**30)
-    compute, calls = counter(torch.zeros(3, 1, 2))
-    cache.get(META, compute)
-    cache.get(META, compute)
-    assert len(calls) == 2 and not os.listdir(tmp_path)
+    paths = images(tmp_path)
+    calls = []
+    cache.get(SPACE, paths, fake_trunk(calls))
+    cache.get(SPACE, paths, fake_trunk(calls))
+    assert len(calls) == 2 and os.listdir(tmp_path) == ["img"]
+
+
+CONCURRENT = """
+import sys, torch
+from fsclip.adapt.cache import FeatureCache
+root, paths = sys.argv[1], sys.argv[2:]
+cache = FeatureCache(root, 2**30, verbose=False)
+cache.get({"space": 1}, paths, lambda ps: torch.ones(len(ps), 1, 3))
+"""
+
+
+def test_concurrent_writers_keep_a_complete_index(tmp_path):
+    import subprocess
+    import sys
+
+    paths = images(tmp_path, 8)
+    root = str(tmp_path / "c")
+    procs = [subprocess.Popen([sys.executable, "-c", CONCURRENT, root, *paths[i::2]]) for i in range(2)]
+    assert all(p.wait(timeout=120) == 0 for p in procs)
+    cache = FeatureCache(root, 2**30)
+    calls = []
+    cache.get({"space": 1}, paths, lambda ps: calls.append(ps) or torch.zeros(len(ps), 1, 3))
+    assert calls == [] and cache.reused == 8
 
 
 def test_fingerprints_change_with_content(tmp_path):
@@ -84,9 +130,9 @@ def test_fingerprints_change_with_content(tmp_path):
     assert fingerprint_tensors(a) == fingerprint_tensors({k: v.clone() for k, v in a.items()})
     p = tmp_path / "x.png"
     p.write_bytes(b"1")
-    before = fingerprint_images([str(p)])
+    before = image_key(str(p))
     p.write_bytes(b"22")
-    assert fingerprint_images([str(p)]) != before
+    assert image_key(str(p)) != before
 
 
 def test_views_are_deterministic_and_distinct(toy_root):
@@ -105,8 +151,9 @@ def test_views_are_deterministic_and_distinct(toy_root):
     assert torch.equal(state, torch.get_rng_state()), "views must not disturb the global RNG"
 
 
-def test_sweep_encodes_each_test_image_once(toy_root, tmp_path, monkeypatch):
-    """Shots x seeds with one cache: the test split goes through the trunk one time."""
+def test_sweep_encodes_each_image_once(toy_root, tmp_path, monkeypatch):
+    """Shots x seeds with one cache: every image (train views, val, test) goes through the trunk
+    once over the whole sweep."""
     import fsclip.adapt.trainer as base
     from fsclip.backend import build_trainer
     from fsclip.clip.tiny import build_tiny_clip, save_tiny_clip
@@ -122,6 +169,7 @@ def test_sweep_encodes_each_test_image_once(toy_root, tmp_path, monkeypatch):
 
     monkeypatch.setattr(base, "extract_views", counting)
     n_test = None
+    picked = set()
     for shots in (1, 2):
         for seed in (1, 2):
             cfg = make_cfg(toy_root, tmp_path, weights, "TipAdapter", **{
@@ -129,5 +177,9 @@ def test_sweep_encodes_each_test_image_once(toy_root, tmp_path, monkeypatch):
             trainer = build_trainer(cfg)
             trainer.train()
             n_test = len(trainer.dm.dataset.test)
+            picked |= {d.impath for d in trainer.dm.dataset.train_x}
     test_runs = [n for desc, n in extracted if desc.startswith("G(x) on test")]
     assert test_runs == [n_test]
+    train_images = sum(n for desc, n in extracted if desc.startswith("G(x) on train"))
+    assert train_images == len(picked)  # each picked training image once over the sweep
+    assert len(picked) < sum(shots * 3 for shots in (1, 2)) * 2  # runs shared images

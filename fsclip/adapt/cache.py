@@ -1,31 +1,40 @@
-"""On-disk cache of frozen-trunk features, shared by every frozen-backbone method.
+"""On-disk cache of frozen-trunk features, per image, shared by every frozen-backbone method.
 
-The trunk G runs once per image and view; the result ``[N, V, ...]`` is stored (fp16 by
-default) under ``<root>/<key[:2]>/<key>.pt`` where ``key`` hashes everything the features depend
-on: backbone weights, trunk kind, dataset, split, transform, number of views and their seed, and
-the image list (paths, sizes, modification times). Files are written atomically, loaded with
-``weights_only=True`` and verified (metadata and shape) on load; a mismatch recomputes.
+The trunk G runs once per image and view. Entries live in a *space* (a folder) named by a hash
+of everything the features depend on except the image: backbone weights, trunk kind, transform,
+number of views and their seed, storage dtype and precision. Inside a space, each image is keyed
+by its path, size and modification time, so a run reuses whatever earlier runs computed
+(other shots, seeds, hyperparameters, methods) and computes only the images it lacks.
 
-Disk budget: before writing, the cache adds up the sizes of its files. An entry that would take
-the total over the budget is not written: it is computed for this run only (a note says so), so
-later runs compute it again. Lower the number of training views or raise the budget
-(TRAINER.FEATURES.MAX_GB) to keep everything cached.
+Layout: ``<root>/<space>/space.json`` (what the space holds), ``<root>/<space>/index.json``
+(image key -> shard and row) and ``<root>/<space>/shards/<id>.pt`` (``{"keys", "features"}``,
+features ``[n, V, ...]``). Shards and the index are written atomically (temporary file +
+rename); the index is updated under a file lock, so concurrent runs only add to it. Shards are
+loaded with ``weights_only=True`` and each row is checked against its image key; anything
+unreadable or inconsistent is recomputed.
+
+Disk budget: before writing a shard the cache adds up its files. A shard that would take the
+total over the budget (TRAINER.FEATURES.MAX_GB) is not written: its features serve this run
+only (a note says so) and later runs compute them again.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import os.path as osp
-from typing import Any, Callable, Dict, Iterable, Optional
+import uuid
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 import torch
 from torch import Tensor
 
-from fsclip.engine.utils import atomic_torch_save
+from fsclip.engine.utils import atomic_torch_save, atomic_write_text
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 
 
 def fingerprint_tensors(state: Dict[str, Tensor]) -> str:
@@ -38,16 +47,15 @@ def fingerprint_tensors(state: Dict[str, Tensor]) -> str:
     return h.hexdigest()
 
 
-def fingerprint_images(impaths: Iterable[str]) -> str:
-    """sha256 over each image's path, size and modification time (cheap: one stat per file)."""
-    h = hashlib.sha256()
-    for p in impaths:
-        try:
-            st = os.stat(p)
-            h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}\n".encode())
-        except OSError:
-            h.update(f"{p}|missing\n".encode())
-    return h.hexdigest()
+def image_key(path: str) -> str:
+    """Identity of an image file: its absolute path, size and modification time."""
+    path = osp.abspath(path)
+    try:
+        st = os.stat(path)
+        stamp = f"{st.st_size}|{st.st_mtime_ns}"
+    except OSError:
+        stamp = "missing"
+    return hashlib.sha256(f"{path}|{stamp}".encode()).hexdigest()[:32]
 
 
 def _folder_bytes(root: str) -> int:
@@ -61,64 +69,120 @@ def _folder_bytes(root: str) -> int:
     return total
 
 
-class FeatureCache:
-    """``get(meta, compute)`` returns cached features for ``meta`` or computes and stores them.
+@contextlib.contextmanager
+def _locked(path: str) -> Iterator[None]:
+    with open(path, "a+") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
-    ``root=""`` disables the disk (everything is computed in memory).
+
+class FeatureCache:
+    """``get(space, impaths, compute)`` -> ``[N, V, ...]`` features, computing only missing images.
+
+    ``root=""`` disables the disk (everything is computed, nothing stored).
     """
 
     def __init__(self, root: str, max_bytes: int, verbose: bool = True) -> None:
         self.root = osp.abspath(osp.expanduser(root)) if root else ""
         self.max_bytes = int(max_bytes)
         self.verbose = verbose
-        self.hits = 0
-        self.misses = 0
+        self.computed = 0  # images sent through `compute` by this object
+        self.reused = 0  # images served from disk by this object
 
     @staticmethod
-    def key(meta: Dict[str, Any]) -> str:
-        blob = json.dumps({"format": CACHE_FORMAT, **meta}, sort_keys=True, default=str)
-        return hashlib.sha256(blob.encode()).hexdigest()
+    def space_id(space: Dict[str, Any]) -> str:
+        blob = json.dumps({"format": CACHE_FORMAT, **space}, sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:40]
 
-    def path(self, meta: Dict[str, Any]) -> str:
-        key = self.key(meta)
-        return osp.join(self.root, key[:2], f"{key}.pt")
+    def space_dir(self, space: Dict[str, Any]) -> str:
+        return osp.join(self.root, self.space_id(space))
 
-    def _load(self, path: str, meta: Dict[str, Any]) -> Optional[Tensor]:
+    def _read_index(self, folder: str) -> Dict[str, List]:
+        path = osp.join(folder, "index.json")
+        if not osp.exists(path):
+            return {}
         try:
-            blob = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # corrupt or foreign file: recompute
-            print(f"Feature cache entry {path} is unreadable ({type(err).__name__}); recomputing it")
-            return None
-        expected = json.loads(json.dumps(meta, sort_keys=True, default=str))
-        feats = blob.get("features") if isinstance(blob, dict) else None
-        if blob.get("meta") != expected or not isinstance(feats, Tensor) or feats.shape[0] != meta.get("count"):
-            print(f"Feature cache entry {path} does not match its key; recomputing it")
-            return None
-        return feats
+            with open(path, "r", encoding="utf-8") as f:
+                index = json.load(f)
+            return index if isinstance(index, dict) else {}
+        except (OSError, ValueError):
+            print(f"Feature cache index {path} is unreadable; its entries will be recomputed")
+            return {}
 
-    def get(self, meta: Dict[str, Any], compute: Callable[[], Tensor], nbytes_estimate: int = 0) -> Tensor:
-        """Features for ``meta`` (which must contain ``count``, the number of images)."""
+    def _load_rows(self, folder: str, index: Dict[str, List], keys: Sequence[str]) -> Dict[str, Tensor]:
+        """Rows for ``keys`` found in the index and verified in their shard."""
+        by_shard: Dict[str, List[tuple]] = {}
+        for k in keys:
+            entry = index.get(k)
+            if isinstance(entry, list) and len(entry) == 2:
+                by_shard.setdefault(str(entry[0]), []).append((k, int(entry[1])))
+        found: Dict[str, Tensor] = {}
+        for shard, wanted in by_shard.items():
+            path = osp.join(folder, "shards", osp.basename(shard))
+            try:
+                blob = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+                shard_keys, feats = blob["keys"], blob["features"]
+            except Exception as err:  # missing, truncated or foreign file: recompute its rows
+                print(f"Feature cache shard {path} is unreadable ({type(err).__name__}); recomputing")
+                continue
+            for k, row in wanted:
+                if 0 <= row < len(shard_keys) and shard_keys[row] == k and row < feats.shape[0]:
+                    found[k] = feats[row]
+        return found
+
+    def get(self, space: Dict[str, Any], impaths: Sequence[str], compute: Callable[[List[str]], Tensor],
+            bytes_per_image: int = 0, label: str = "") -> Tensor:
+        """Features of ``impaths`` (in order) in ``space``; ``compute(paths)`` gives ``[n, V, ...]``."""
+        keys = [image_key(p) for p in impaths]
         if not self.root:
-            self.misses += 1
-            return compute()
-        path = self.path(meta)
-        if osp.exists(path):
-            feats = self._load(path, meta)
-            if feats is not None:
-                self.hits += 1
-                if self.verbose:
-                    print(f"Loaded {meta.get('split')} features {tuple(feats.shape)} from cache {path}")
-                return feats
-        self.misses += 1
-        used = _folder_bytes(self.root) if osp.isdir(self.root) else 0
-        if nbytes_estimate and used + nbytes_estimate > self.max_bytes:
-            print(f"Note: {meta.get('split')} features need {nbytes_estimate / 2**30:.2f} GiB but the feature "
-                  f"cache holds {used / 2**30:.2f} of {self.max_bytes / 2**30:.2f} GiB "
-                  f"(TRAINER.FEATURES.MAX_GB); computing them for this run only")
-            return compute()
-        feats = compute()
-        meta_json = json.loads(json.dumps(meta, sort_keys=True, default=str))
-        atomic_torch_save({"meta": meta_json, "features": feats}, path)
+            self.computed += len(impaths)
+            return compute(list(impaths))
+        folder = self.space_dir(space)
+        found = self._load_rows(folder, self._read_index(folder), keys)
+        missing = [i for i, k in enumerate(keys) if k not in found]
+        # duplicates in impaths are computed once
+        todo: Dict[str, str] = {}
+        for i in missing:
+            todo.setdefault(keys[i], impaths[i])
+        self.reused += len(impaths) - len(missing)
+        if self.verbose and found:
+            print(f"Feature cache: {len(impaths) - len(missing)}/{len(impaths)} {label} images reused from {folder}")
+        if todo:
+            todo_keys = list(todo)
+            feats = compute([todo[k] for k in todo_keys])
+            self.computed += len(todo_keys)
+            for k, row in zip(todo_keys, feats):
+                found[k] = row
+            self._store(folder, space, todo_keys, feats, bytes_per_image * len(todo_keys), label)
+        return torch.stack([found[k] for k in keys])
+
+    def _store(self, folder: str, space: Dict[str, Any], keys: List[str], feats: Tensor, nbytes: int,
+               label: str) -> None:
+        os.makedirs(osp.join(folder, "shards"), exist_ok=True)
+        used = _folder_bytes(self.root)
+        if used + max(nbytes, feats.numel() * feats.element_size()) > self.max_bytes:
+            print(f"Note: {label} features ({nbytes / 2**30:.2f} GiB) do not fit the feature cache "
+                  f"({used / 2**30:.2f} of {self.max_bytes / 2**30:.2f} GiB used, TRAINER.FEATURES.MAX_GB); "
+                  f"computing them for this run only")
+            return
+        space_file = osp.join(folder, "space.json")
+        if not osp.exists(space_file):
+            atomic_write_text(space_file, json.dumps(space, sort_keys=True, indent=1, default=str))
+        shard = f"{uuid.uuid4().hex}.pt"
+        atomic_torch_save({"keys": list(keys), "features": feats.contiguous()}, osp.join(folder, "shards", shard))
+        with _locked(osp.join(folder, "index.lock")):
+            index = self._read_index(folder)
+            for row, k in enumerate(keys):
+                index[k] = [shard, row]
+            atomic_write_text(osp.join(folder, "index.json"), json.dumps(index))
         if self.verbose:
-            print(f"Saved {meta.get('split')} features {tuple(feats.shape)} to cache {path}")
-        return feats
+            print(f"Feature cache: stored {label} features {tuple(feats.shape)} in {folder}")
+
+
+def summary(cache: Optional[FeatureCache]) -> str:
+    if cache is None:
+        return "no feature cache"
+    return f"{cache.computed} images encoded, {cache.reused} reused from the cache"

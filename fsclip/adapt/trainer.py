@@ -27,7 +27,7 @@ from fsclip.clip.loader import load_clip_from_cfg
 from fsclip.engine.data.transforms import build_transform
 from fsclip.engine.utils import count_num_param
 
-from .cache import FeatureCache, fingerprint_images, fingerprint_tensors
+from .cache import FeatureCache, fingerprint_tensors
 from .extract import describe_transform, extract_views, impaths_of, labels_of
 from .heads import make_pooling_head, trunk_forward, trunk_kind
 from .prompts import prompt_classifier
@@ -126,24 +126,22 @@ class FrozenFeatureTrainer(TrainerX):
             raise ValueError(f"TRAINER.FEATURES.TRAIN_VIEWS must be >= 1, got {views}")
         store_dtype = STORE_DTYPES[fc.DTYPE]
         impaths = impaths_of(items)
-        meta = {
-            "backbone": self.backbone_id, "trunk": trunk_kind(self.visual), "dataset": self.cfg.DATASET.NAME,
-            "split": split, "transform": describe_transform(transform), "views": views,
-            "view_seed": int(fc.VIEW_SEED) if train else 0, "images": fingerprint_images(impaths),
-            "count": len(impaths), "dtype": fc.DTYPE, "prec": str(next(self.visual.parameters()).dtype),
+        seed = int(fc.VIEW_SEED) if train else 0
+        space = {
+            "backbone": self.backbone_id, "trunk": trunk_kind(self.visual), "transform": describe_transform(transform),
+            "views": views, "view_seed": seed, "dtype": fc.DTYPE, "prec": str(next(self.visual.parameters()).dtype),
         }
         with torch.no_grad():
-            probe_shape = self._trunk_shape()
-        nbytes = len(impaths) * views * int(torch.tensor(probe_shape).prod()) * store_dtype.itemsize
+            per_image = views * int(torch.tensor(self._trunk_shape()).prod()) * store_dtype.itemsize
         root = osp.abspath(osp.expanduser(self.cfg.DATASET.ROOT)) if self.cfg.DATASET.ROOT else ""
 
-        def compute() -> Tensor:
+        def compute(paths) -> Tensor:
             return extract_views(
-                lambda x: trunk_forward(self.visual, x), impaths, transform, views, meta["view_seed"],
+                lambda x: trunk_forward(self.visual, x), paths, transform, views, seed,
                 int(fc.BATCH_SIZE), self.cfg.DATALOADER.NUM_WORKERS, self.device, store_dtype, root,
-                desc=f"G(x) on {split} ({len(impaths)} images x {views} views)")
+                desc=f"G(x) on {split} ({len(paths)} images x {views} views)")
 
-        feats = self.cache.get(meta, compute, nbytes)
+        feats = self.cache.get(space, impaths, compute, per_image, label=split)
         self._features[split] = feats
         return feats
 
