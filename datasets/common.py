@@ -83,8 +83,8 @@ def read_imagenet_classnames(path: str) -> "OrderedDict[str, str]":
 def check_images_exist(paths: Iterable[str], dataset: str, section: str, listed_in: str) -> None:
     """Raise DatasetError for the first listed image that is not on disk.
 
-    Cost: one directory listing per distinct folder (not one stat per image), e.g. 102 listings
-    for Caltech101's 9,146 images.
+    Cost: one directory listing per distinct folder (not one stat per image), e.g. 100 listings
+    for the 8,242 images of Caltech101's split file.
     """
     contents: Dict[str, Optional[set]] = {}
     missing: List[str] = []
@@ -183,9 +183,13 @@ class BenchmarkDataset(DatasetBase):
     def finish(self, cfg, train: List[Datum], val: List[Datum], test: List[Datum],
                image_root: str) -> Tuple[List[Datum], List[Datum], List[Datum]]:
         """Few-shot selection (DATASET.NUM_SHOTS, SEED) then CoCoOp's SUBSAMPLE_CLASSES."""
-        train, val = load_or_create_fewshot(
-            train, val, cfg.DATASET.NUM_SHOTS, cfg.SEED, self.split_fewshot_dir, image_root
-        )
+        try:
+            train, val = load_or_create_fewshot(
+                train, val, cfg.DATASET.NUM_SHOTS, cfg.SEED, self.split_fewshot_dir, image_root
+            )
+        except PermissionError as err:
+            raise self.error(self.split_fewshot_dir, f"cannot write the few-shot cache ({err}); "
+                             "make the folder writable or put the cached JSON there") from None
         train, val, test = subsample_classes(
             train, val, test, subsample=cfg.DATASET.SUBSAMPLE_CLASSES
         )

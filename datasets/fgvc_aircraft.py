@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os.path as osp
-from typing import Dict, List, Tuple
+from typing import Dict, List
 
 from fsclip.backend import DATASET_REGISTRY, Datum
 
-from .common import BenchmarkDataset, check_images_exist, clean_classname
+from .common import BenchmarkDataset, Row, check_images_exist, clean_classname
 
 
 @DATASET_REGISTRY.register()
@@ -37,7 +37,7 @@ class FGVCAircraft(BenchmarkDataset):
         train, val, test = self.finish(cfg, train, val, test, self.image_dir)
         super().__init__(train_x=train, val=val, test=test)
 
-    def read_rows(self, cname2lab: Dict[str, int], filename: str) -> List[Tuple[str, int, str]]:
+    def read_rows(self, cname2lab: Dict[str, int], filename: str) -> List[Row]:
         path = self.require_file(osp.join(self.dataset_dir, filename))
         rows = []
         with open(path, "r", encoding="utf-8") as f:

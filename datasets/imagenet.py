@@ -52,6 +52,8 @@ class ImageNetFamily(BenchmarkDataset):
         folders are errors."""
         self.require_dir(split_dir, "image folder not found")
         folders = list_dirs(split_dir)
+        if not folders:
+            raise self.error(split_dir, "no class folder found")
         unknown = [f for f in folders if f not in folder_to_label]
         if unknown:
             raise self.error(osp.join(split_dir, unknown[0]),

@@ -639,6 +639,31 @@ def test_imagenet_empty_missing_and_unknown_class_folders(tmp_path):
         build("imagenet", root)
 
 
+def test_imagenet_val_without_class_folders(tmp_path):
+    import shutil
+
+    make_imagenet_tree(str(tmp_path))
+    val = osp.join(str(tmp_path), "imagenet", "images", "val")
+    shutil.rmtree(val)
+    os.makedirs(val)
+    with pytest.raises(DatasetError, match="no class folder found") as err:
+        build("imagenet", str(tmp_path))
+    assert val in str(err.value)
+
+
+def test_unwritable_fewshot_cache(tmp_path, monkeypatch):
+    import fsclip.datasets.common as common
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    make_split_tree(str(tmp_path), "EuroSAT")
+    monkeypatch.setattr(common, "load_or_create_fewshot", denied)
+    with pytest.raises(DatasetError, match="cannot write the few-shot cache") as err:
+        build("eurosat", str(tmp_path), shots=2)
+    assert osp.join(str(tmp_path), "eurosat", "split_fewshot") in str(err.value)
+
+
 def test_imagenetv2_missing_class_folder(tmp_path):
     make_shift_tree(str(tmp_path), "ImageNetV2")
     import shutil
