@@ -239,7 +239,7 @@ def save(model, path: str) -> None:
     atomic_torch_save(state_dict_fp16(model), path)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
+def main(argv: Optional[Sequence[str]] = None) -> List[float]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--arch", choices=sorted(ARCHS), default="RN")
     p.add_argument("--seed", type=int, default=0)
@@ -253,7 +253,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     p.add_argument("--captions", type=int, default=DEFAULTS["captions"])
     p.add_argument("--lowres", type=float, default=DEFAULTS["lowres"],
                    help="fraction of the steps run at half resolution")
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (1 is fastest on a shared 2-core machine)")
     p.add_argument("--eval-root", default="",
                    help="if set, generate the synthetic benchmark here and print zero-shot and "
                         "4-shot linear-probe accuracy of the result")
@@ -269,6 +270,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         from fsclip.kit.evaluate import evaluate_all, format_results
 
         print(format_results(evaluate_all(args.out, args.eval_root)))
+    return losses
 
 
 if __name__ == "__main__":
