@@ -1,4 +1,5 @@
-"""ImageNet (ILSVRC-2012) in CoOp's layout, and the base class of the ImageNet shifts.
+"""ImageNet (ILSVRC-2012) and its test-only shifts ImageNetV2, ImageNetSketch, ImageNetA and
+ImageNetR, in CoOp's layouts.
 
 All ImageNet-family datasets share one label space: the WordNet ids of ``classnames.txt``
 sorted (the standard 0..999 ImageNet labels; the file CoOp distributes is already sorted), so
@@ -134,3 +135,41 @@ class ImageNetShift(ImageNetFamily):
     @property
     def lab2cname(self) -> Dict[int, str]:
         return dict(enumerate(self.all_classnames))
+
+
+@DATASET_REGISTRY.register()
+class ImageNetV2(ImageNetShift):
+    """Matched-frequency ImageNetV2: ``imagenetv2-matched-frequency-format-val/<k>/``, where
+    folder ``k`` is ImageNet label k."""
+
+    dataset_dir = "imagenetv2"
+    image_subdir = "imagenetv2-matched-frequency-format-val"
+
+    def folder_names(self, wnids: List[str]) -> List[str]:
+        return [str(label) for label in range(len(wnids))]
+
+
+@DATASET_REGISTRY.register()
+class ImageNetSketch(ImageNetShift):
+    """ImageNet-Sketch: ``images/<wnid>/``, all ImageNet classes."""
+
+    dataset_dir = "imagenet-sketch"
+    image_subdir = "images"
+
+
+@DATASET_REGISTRY.register()
+class ImageNetA(ImageNetShift):
+    """ImageNet-A (natural adversarial examples): ``imagenet-a/<wnid>/`` for 200 classes."""
+
+    dataset_dir = "imagenet-adversarial"
+    image_subdir = "imagenet-a"
+    require_all_classes = False
+
+
+@DATASET_REGISTRY.register()
+class ImageNetR(ImageNetShift):
+    """ImageNet-R (renditions): ``imagenet-r/<wnid>/`` for 200 classes."""
+
+    dataset_dir = "imagenet-rendition"
+    image_subdir = "imagenet-r"
+    require_all_classes = False
