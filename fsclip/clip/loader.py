@@ -33,10 +33,12 @@ Precision (CoOp's ``TRAINER.<NAME>.PREC``):
 
 from __future__ import annotations
 
+import contextlib
+
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, Iterator, List, Optional, Union
 
 import torch
 
@@ -184,6 +186,30 @@ def _read_state_dict(path: str, url: Optional[str] = None) -> Dict[str, torch.Te
     return dict(obj)
 
 
+_INIT_FUNCTIONS = ("uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_", "eye_", "dirac_",
+                   "xavier_uniform_", "xavier_normal_", "kaiming_uniform_", "kaiming_normal_",
+                   "orthogonal_", "sparse_")
+
+
+@contextlib.contextmanager
+def _skip_weight_init() -> Iterator[None]:
+    """Make ``torch.nn.init`` functions no-ops while building a model whose every parameter is
+    loaded right after (``build_model`` loads its state dict strictly). Random initialisation
+    is most of the build time (13 of 18 s for RN50 on a 2-core CPU)."""
+    saved = {name: getattr(torch.nn.init, name) for name in _INIT_FUNCTIONS if hasattr(torch.nn.init, name)}
+
+    def keep(tensor, *args, **kwargs):
+        return tensor
+
+    try:
+        for name in saved:
+            setattr(torch.nn.init, name, keep)
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(torch.nn.init, name, fn)
+
+
 def _first_line(error: BaseException) -> str:
     text = str(error).strip().splitlines()
     return f"{type(error).__name__}: {text[0] if text else ''}".strip()
@@ -219,7 +245,8 @@ def load_clip(name_or_path: str, device: Union[str, torch.device] = "cpu", cache
     _check_clip_keys(state_dict, path)
     source = dict(state_dict)  # build_model deletes keys from the dict it is given
     try:
-        model = clip.model.build_model(state_dict)
+        with _skip_weight_init():
+            model = clip.model.build_model(state_dict)
     except Exception as error:
         raise CLIPWeightsError(
             f"cannot build a CLIP model from {path}: {_first_line(error)}. MODEL.BACKBONE.NAME "
