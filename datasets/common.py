@@ -181,11 +181,12 @@ class BenchmarkDataset(DatasetBase):
                                      f"images ({len(empty)} such classes)")
 
     def finish(self, cfg, train: List[Datum], val: List[Datum], test: List[Datum],
-               image_root: str) -> Tuple[List[Datum], List[Datum], List[Datum]]:
+               image_root: str, disjoint_val: bool = False) -> Tuple[List[Datum], List[Datum], List[Datum]]:
         """Few-shot selection (DATASET.NUM_SHOTS, SEED) then CoCoOp's SUBSAMPLE_CLASSES."""
         try:
             train, val = load_or_create_fewshot(
-                train, val, cfg.DATASET.NUM_SHOTS, cfg.SEED, self.split_fewshot_dir, image_root
+                train, val, cfg.DATASET.NUM_SHOTS, cfg.SEED, self.split_fewshot_dir, image_root,
+                disjoint_val=disjoint_val,
             )
         except PermissionError as err:
             raise self.error(self.split_fewshot_dir, f"cannot write the few-shot cache ({err}); "

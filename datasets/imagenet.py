@@ -81,7 +81,8 @@ class ImageNetFamily(BenchmarkDataset):
 
 @DATASET_REGISTRY.register()
 class ImageNet(ImageNetFamily):
-    """ImageNet: train from ``images/train``, test (and val, as in CoOp) from ``images/val``."""
+    """ImageNet: train from ``images/train``, test from ``images/val``; the few-shot val split
+    comes from train images not picked for training (with all shots, val is the test split)."""
 
     dataset_dir = "imagenet"
 
@@ -92,9 +93,16 @@ class ImageNet(ImageNetFamily):
         wnid_to_label = {w: i for i, w in enumerate(wnids)}
         train = self.read_class_folders(osp.join(self.image_dir, "train"), wnid_to_label, True)
         test = self.read_class_folders(osp.join(self.image_dir, "val"), wnid_to_label, False)
-        # CoOp samples few-shot train images only; the val split is the test split.
-        train, _, test = self.finish(cfg, train, [], test, self.image_dir)
-        super().__init__(train_x=train, val=test, test=test)
+        if cfg.DATASET.NUM_SHOTS >= 1:
+            # Few-shot: train picks are CoOp's; the val split (min(N, 4) per class) is drawn from
+            # the remaining train images, so choices made on val never see the test images
+            # (CoOp validates on the test split; the SAFE protocol needs a held-out val).
+            train, val, test = self.finish(cfg, train, train, test, self.image_dir, disjoint_val=True)
+        else:
+            # All shots: ImageNet has no held-out val; CoOp's test-as-val is kept.
+            train, _, test = self.finish(cfg, train, [], test, self.image_dir)
+            val = test
+        super().__init__(train_x=train, val=val, test=test)
 
 
 class ImageNetShift(ImageNetFamily):

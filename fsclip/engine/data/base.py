@@ -205,9 +205,13 @@ def _decode(rows: list, root: str, path: str) -> List[Datum]:
     return out
 
 
+def _key(d) -> tuple:
+    return (d.impath, int(d.label), d.classname)
+
+
 def load_or_create_fewshot(train: List[Datum], val: List[Datum],
-                           num_shots: int, seed: int, cache_dir: str, image_root: str
-                           ) -> Tuple[List[Datum], List[Datum]]:
+                           num_shots: int, seed: int, cache_dir: str, image_root: str,
+                           disjoint_val: bool = False) -> Tuple[List[Datum], List[Datum]]:
     """Select ``num_shots`` train and ``min(num_shots, 4)`` val images per class, CoOp-style.
 
     The picks equal CoOp's for a run seeded with ``seed`` (Python's ``random`` seeded with it,
@@ -225,7 +229,11 @@ def load_or_create_fewshot(train: List[Datum], val: List[Datum],
                 data = json.load(f)
             cached_train = _decode(data["train"], image_root, path)
             cached_val = _decode(data["val"], image_root, path)
-            if set(cached_train) <= set(train) and set(cached_val) <= set(val):
+            train_keys, val_keys = {_key(d) for d in train}, {_key(d) for d in val}
+            fresh = {_key(d) for d in cached_train} <= train_keys and {_key(d) for d in cached_val} <= val_keys
+            if disjoint_val:
+                fresh = fresh and not ({_key(d) for d in cached_train} & {_key(d) for d in cached_val})
+            if fresh:
                 print(f"Loading preprocessed few-shot data from {path}")
                 return cached_train, cached_val
             print(f"Few-shot split {path} does not match the current split; recreating it")
@@ -234,6 +242,9 @@ def load_or_create_fewshot(train: List[Datum], val: List[Datum],
     rng = random.Random(seed)
     print(f"Creating a {num_shots}-shot dataset")
     fs_train = sample_fewshot(train, num_shots, rng)
+    if disjoint_val:
+        picked = {_key(d) for d in fs_train}
+        val = [d for d in val if _key(d) not in picked]
     fs_val = sample_fewshot(val, min(num_shots, 4), rng)
     os.makedirs(cache_dir, exist_ok=True)
     payload = {"train": _encode(fs_train, image_root), "val": _encode(fs_val, image_root)}
