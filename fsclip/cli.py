@@ -71,6 +71,11 @@ def extend_cfg(cfg) -> None:
     """Let every registered trainer (and the datasets package) add its own config node."""
     from fsclip.backend import TRAINER_REGISTRY
 
+    # keys our engine has and Dassl's defaults lack (CoOp adds the first in its train.py)
+    if "SUBSAMPLE_CLASSES" not in cfg.DATASET:
+        cfg.DATASET.SUBSAMPLE_CLASSES = "all"
+    if "CACHE_DIR" not in cfg.MODEL.BACKBONE:
+        cfg.MODEL.BACKBONE.CACHE_DIR = ""
     datasets_pkg = importlib.import_module("fsclip.datasets")
     if hasattr(datasets_pkg, "extend_cfg"):
         datasets_pkg.extend_cfg(cfg)

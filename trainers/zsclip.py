@@ -12,10 +12,9 @@ import time
 import torch
 from yacs.config import CfgNode as CN
 
+from fsclip.adapt.prompts import prompt_classifier
 from fsclip.backend import TRAINER_REGISTRY, TrainerX
 from fsclip.clip.loader import load_clip_from_cfg
-from fsclip.clip.text import text_classifier
-from fsclip.templates import get_templates
 
 
 @TRAINER_REGISTRY.register()
@@ -31,7 +30,8 @@ class ZeroshotCLIP(TrainerX):
         cfg.TRAINER.ZSCLIP = CN()
         # fp16 (CUDA only; fp32 on CPU), fp32 or amp
         cfg.TRAINER.ZSCLIP.PREC = "fp16"
-        # Prompts: "" = the trainer's default; "classname", "single" or "ensemble"
+        # Prompts: "" = the trainer's default; "classname", "single", "ensemble" or a JSON
+        # file of prompts per class
         cfg.TRAINER.ZSCLIP.TEMPLATES = ""
 
     def build_model(self) -> None:
@@ -39,10 +39,9 @@ class ZeroshotCLIP(TrainerX):
         classnames = self.dm.dataset.classnames
         print(f"Loading CLIP (backbone: {cfg.MODEL.BACKBONE.NAME})")
         self.clip_model = load_clip_from_cfg(cfg, precision=cfg.TRAINER.ZSCLIP.PREC, device=self.device)
-        kind = cfg.TRAINER.ZSCLIP.TEMPLATES or self.default_templates
-        templates = get_templates(cfg.DATASET.NAME, kind)
-        print(f"Prompts ({kind}, {len(templates)} templates): {templates[0]!r}" + (" ..." if len(templates) > 1 else ""))
-        self.text_features = text_classifier(self.clip_model, classnames, templates)  # [K, D], unit norm
+        prompts = cfg.TRAINER.ZSCLIP.TEMPLATES or self.default_templates
+        print(f"Prompts: {prompts}")
+        self.text_features = prompt_classifier(self.clip_model, prompts, cfg.DATASET.NAME, classnames)  # [K, D]
 
     @torch.no_grad()
     def model_inference(self, image: torch.Tensor) -> torch.Tensor:
