@@ -32,6 +32,19 @@ prepare_run() {
     mkdir -p "$dir"
 }
 
+# train_run TRAINER DATASET CFG SEED OUTDIR [train.py args ...]: one train.py call
+train_run() {
+    local trainer=$1 dataset=$2 cfg=$3 seed=$4 out=$5
+    shift 5
+    $PYTHON train.py \
+        --root "$DATA" \
+        --seed "$seed" \
+        --trainer "$trainer" \
+        --dataset-config-file "configs/datasets/${dataset}.yaml" \
+        --config-file "configs/trainers/${trainer}/${cfg}.yaml" \
+        --output-dir "$out" "$@"
+}
+
 # fewshot_main TRAINER DATASET SHOTS [CFG] [KEY VALUE ...]
 #   Trains and tests seeds ${SEEDS:-1 2 3} into
 #   ${OUTPUT}/DATASET/TRAINER/CFG_SHOTSshots/seedS, skipping finished runs and redoing
@@ -49,14 +62,7 @@ fewshot_main() {
             continue
         fi
         prepare_run "$dir"
-        $PYTHON train.py \
-            --root "$DATA" \
-            --seed "$seed" \
-            --trainer "$trainer" \
-            --dataset-config-file "configs/datasets/${dataset}.yaml" \
-            --config-file "configs/trainers/${trainer}/${cfg}.yaml" \
-            --output-dir "$dir" \
-            DATASET.NUM_SHOTS "$shots" "$@"
+        train_run "$trainer" "$dataset" "$cfg" "$seed" "$dir" DATASET.NUM_SHOTS "$shots" "$@"
     done
     $PYTHON parse_test_res.py "$base"
 }
@@ -74,15 +80,7 @@ fewshot_eval() {
         model="${OUTPUT}/${dataset}/${trainer}/${cfg}_${shots}shots/seed${seed}"
         out="${base}/seed${seed}"
         prepare_run "$out"
-        $PYTHON train.py \
-            --root "$DATA" \
-            --seed "$seed" \
-            --trainer "$trainer" \
-            --dataset-config-file "configs/datasets/${dataset}.yaml" \
-            --config-file "configs/trainers/${trainer}/${cfg}.yaml" \
-            --output-dir "$out" \
-            --model-dir "$model" \
-            --eval-only \
+        train_run "$trainer" "$dataset" "$cfg" "$seed" "$out" --model-dir "$model" --eval-only \
             DATASET.NUM_SHOTS "$shots" "$@"
     done
     $PYTHON parse_test_res.py "$base" --test-log
@@ -105,15 +103,8 @@ fewshot_ood() {
                 continue
             fi
             prepare_run "$out"
-            $PYTHON train.py \
-                --root "$DATA" \
-                --seed "$seed" \
-                --trainer "$trainer" \
-                --dataset-config-file "configs/datasets/${target}.yaml" \
-                --config-file "configs/trainers/${trainer}/${cfg}.yaml" \
-                --output-dir "$out" \
-                --model-dir "${OUTPUT}/imagenet/${trainer}/${cfg}_16shots/seed${seed}" \
-                --eval-only "$@"
+            train_run "$trainer" "$target" "$cfg" "$seed" "$out" \
+                --model-dir "${OUTPUT}/imagenet/${trainer}/${cfg}_16shots/seed${seed}" --eval-only "$@"
         done
         $PYTHON parse_test_res.py "$base" --test-log
     done

@@ -65,6 +65,17 @@ if "ToyImages" not in DATASET_REGISTRY:
             super().__init__(train_x=train, val=val, test=test)
 
 
+def set_opts(cfg, **opts):
+    """``set_opts(cfg, **{"OPTIM.LR": 0.1})``: set dotted config keys (tests only)."""
+    for key, value in opts.items():
+        node = cfg
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = getattr(node, p)
+        setattr(node, leaf, value)
+    return cfg
+
+
 @pytest.fixture
 def toy_root(tmp_path):
     make_toy_tree(str(tmp_path))

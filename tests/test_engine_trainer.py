@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from conftest import set_opts
+
 import os
 import os.path as osp
 import re
@@ -79,13 +81,7 @@ def _cfg(toy_cfg, **opts):
     toy_cfg.OPTIM.MAX_EPOCH = 2
     toy_cfg.OPTIM.LR_SCHEDULER = "cosine"
     toy_cfg.TRAIN.PRINT_FREQ = 100
-    for k, v in opts.items():
-        node = toy_cfg
-        *parents, leaf = k.split(".")
-        for p in parents:
-            node = getattr(node, p)
-        setattr(node, leaf, v)
-    return toy_cfg
+    return set_opts(toy_cfg, **opts)
 
 
 def test_lifecycle_order_and_attributes(toy_cfg):

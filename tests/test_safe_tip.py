@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from conftest import set_opts
+
 import os.path as osp
 
 import pytest
@@ -50,13 +52,7 @@ def make_cfg(toy_root, tmp_path, weights, trainer, **opts):
     cfg.TRAINER.SAFE.WDS = [0.0]
     cfg.TRAINER.TIP.EPOCHS = 2
     cfg.TRAINER.TIP.SEARCH_STEP = [8, 4]
-    for k, v in opts.items():
-        node = cfg
-        *parents, leaf = k.split(".")
-        for p in parents:
-            node = getattr(node, p)
-        setattr(node, leaf, v)
-    return cfg
+    return set_opts(cfg, **opts)
 
 
 def first_test_batch(trainer):

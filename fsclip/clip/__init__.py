@@ -12,8 +12,7 @@ clip; ``from fsclip.clip import load_clip`` works as usual.
 - ``tiny``: ``build_tiny_clip``, ``save_tiny_clip`` (small real CLIPs for tests)
 """
 
-from importlib import import_module
-from typing import Any
+from fsclip._lazy import lazy_getattr
 
 _EXPORTS = {
     # compat
@@ -39,9 +38,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'fsclip.clip' has no attribute '{name}'")
-    value = getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _EXPORTS, globals())

@@ -4,8 +4,7 @@ It knows nothing about methods. Names are imported lazily so that ``import fscli
 stays cheap; ``from fsclip.engine import TrainerX`` works as usual.
 """
 
-from importlib import import_module
-from typing import Any
+from fsclip._lazy import lazy_getattr
 
 _EXPORTS = {
     # registry
@@ -38,9 +37,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'fsclip.engine' has no attribute '{name}'")
-    value = getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _EXPORTS, globals())
