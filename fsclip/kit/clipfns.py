@@ -126,5 +126,23 @@ def linear_probe(train_f: torch.Tensor, train_y: torch.Tensor, num_classes: int,
     return w.detach()
 
 
+def anchored_probe(train_f: torch.Tensor, train_y: torch.Tensor, zs_weights: torch.Tensor,
+                   logit_scale: float = 50.0, steps: int = 200, lr: float = 1e-3,
+                   anchor: float = 1.0) -> torch.Tensor:
+    """Linear probe started at the zero-shot classifier and pulled towards it (L2 on the
+    difference): full-batch Adam on cross-entropy. Returns weights (C, D) for
+    ``logit_scale * f @ W.T``."""
+    w0 = zs_weights.detach().clone()
+    w = w0.clone().requires_grad_(True)
+    opt = torch.optim.Adam([w], lr=lr)
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = F.cross_entropy(logit_scale * train_f @ w.t(), train_y) \
+            + anchor * ((w - w0) ** 2).sum()
+        loss.backward()
+        opt.step()
+    return w.detach()
+
+
 def probe_predict(w: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
     return torch.cat([f * 10, torch.ones(len(f), 1)], 1) @ w.t()

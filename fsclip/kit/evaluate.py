@@ -19,7 +19,7 @@ from typing import Dict, Optional, Sequence
 import torch
 
 from fsclip.kit import synth
-from fsclip.kit.clipfns import (encode_images, input_resolution, linear_probe, load_items,
+from fsclip.kit.clipfns import (anchored_probe, encode_images, input_resolution, linear_probe, load_items,
                                 load_micro_clip, probe_predict, read_split, text_classifier)
 
 
@@ -59,13 +59,17 @@ def evaluate(model, root: str, name: str, shots: int = 4, seeds: Sequence[int] =
         res[key] = 100.0 * ((f_test @ w.t()).argmax(1) == y_test).float().mean().item()
     src = synth.SOURCE.get(name, name)
     src_split = read_split(synth.ensure_dataset(root, src, verbose=False), src)
-    accs = []
+    zs_w = text_classifier(model, classnames, [synth.TEMPLATE])
+    accs, anchored = [], []
     for seed in seeds:
         train = _fewshot(src_split["train"], shots, seed)
         f_tr, y_tr = _features(model, train, cache, (src, "train", shots, seed))
         w = linear_probe(f_tr, y_tr, len(classnames))
         accs.append(100.0 * (probe_predict(w, f_test).argmax(1) == y_test).float().mean().item())
+        wa = anchored_probe(f_tr, y_tr, zs_w)
+        anchored.append(100.0 * ((f_test @ wa.t()).argmax(1) == y_test).float().mean().item())
     res[f"probe_{shots}shot"] = sum(accs) / len(accs)
+    res[f"zsinit_probe_{shots}shot"] = sum(anchored) / len(anchored)
     return res
 
 
@@ -77,12 +81,14 @@ def evaluate_all(weights: str, root: str, shots: int = 4, **kw) -> list:
 
 
 def format_results(rows: list) -> str:
-    lines = ["model      dataset             classes  chance  zero-shot  zs-ensemble  4-shot probe"]
+    lines = ["model      dataset             classes  chance  zero-shot  zs-ensemble  "
+             "linear probe  zs-init probe"]
     for r in rows:
         probe = [v for k, v in r.items() if k.startswith("probe_")][0]
+        zsp = [v for k, v in r.items() if k.startswith("zsinit_probe_")][0]
         lines.append(f"{r.get('model', ''):<10} {r['dataset']:<19} {r['classes']:>7} "
                      f"{r['chance']:>6.1f}% {r['zeroshot']:>9.1f}% {r['zeroshot_ens']:>11.1f}% "
-                     f"{probe:>12.1f}%")
+                     f"{probe:>12.1f}% {zsp:>13.1f}%")
     return "\n".join(lines)
 
 

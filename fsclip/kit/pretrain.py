@@ -35,7 +35,7 @@ from fsclip.kit.clipfns import CLIP_MEAN, CLIP_STD, tokenize
 
 ARCHS: Dict[str, dict] = {
     # ModifiedResNet: 128 px input -> 4x4 map of 32*width channels before attention pooling
-    "RN": dict(embed_dim=128, image_resolution=128, vision_layers=(1, 1, 1, 1), vision_width=8,
+    "RN": dict(embed_dim=128, image_resolution=128, vision_layers=(1, 1, 1, 1), vision_width=16,
                vision_patch_size=None),
     # VisionTransformer: 128 px, 16 px patches -> 8x8 tokens + class token, 2 heads
     "ViT": dict(embed_dim=128, image_resolution=128, vision_layers=4, vision_width=128,
@@ -44,7 +44,9 @@ ARCHS: Dict[str, dict] = {
 TEXT = dict(context_length=77, vocab_size=49408, transformer_width=64, transformer_heads=1,
             transformer_layers=2)
 DEFAULTS = dict(steps=600, batch_size=64, lr=2e-3, weight_decay=0.05, warmup=30, pool=3000,
-                captions=2, lowres=0.7)
+                captions=2, lowres=0.5, hard=0.5)
+# per-architecture changes to DEFAULTS (what `--arch X` uses unless an option is given)
+ARCH_DEFAULTS: Dict[str, dict] = {"RN": {}, "ViT": {"lr": 1e-3}}
 
 PHOTO_TEMPLATES = ("a photo of a {}.", "a picture of a {}.", "a {}.", "an image of a {}.",
                    "there is a {}.")
@@ -69,9 +71,9 @@ def caption(rng: np.random.Generator, obj: synth.Obj) -> str:
     words = []
     if rng.random() < 0.2:
         words.append("small" if obj.size < 0.3 else "large")
-    if rng.random() < 0.75:
+    if rng.random() < 0.6:
         words.append(obj.colour)
-    if not obj.outline and rng.random() < 0.6:
+    if not obj.outline and rng.random() < 0.5:
         words.append(obj.texture)
     words.append(obj.shape)
     phrase = " ".join(words)
@@ -85,20 +87,12 @@ def caption(rng: np.random.Generator, obj: synth.Obj) -> str:
 def render_pool(seed: int, size: int) -> Tuple[torch.Tensor, List[synth.Obj]]:
     """``size`` pretraining scenes as a uint8 tensor (N, 3, H, W) and their main objects.
 
-    Scene ``i`` depends only on ``(seed, i)``.
+    Scene ``i`` depends only on ``(seed, i)`` (rendered in worker processes when possible).
     """
-    style = synth.STYLES["pretrain"]
-    images = np.empty((size, synth.CANVAS, synth.CANVAS, 3), dtype=np.uint8)
-    objs: List[synth.Obj] = []
-    for i in range(size):
-        rng = np.random.default_rng([seed, 104729, i])
-        obj = synth.random_object(rng, size_range=style.main_size)
-        if rng.random() < style.outline_prob:
-            obj = synth.Obj(obj.shape, obj.colour, obj.texture, obj.size, outline=True)
-        img, _ = synth.render(rng, obj, "pretrain")
-        images[i] = np.asarray(img, dtype=np.uint8)
-        objs.append(obj)
-    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), objs
+    out = synth.run_jobs(synth.render_pretrain_scene, [(seed, i) for i in range(size)])
+    c = synth.CANVAS
+    images = np.stack([np.frombuffer(b, dtype=np.uint8).reshape(c, c, 3) for b, _ in out])
+    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), [o for _, o in out]
 
 
 def normalize_uint8(x: torch.Tensor) -> torch.Tensor:
@@ -167,17 +161,31 @@ def _param_groups(model, weight_decay: float):
             {"params": no_decay, "weight_decay": 0.0}]
 
 
+def _batch_indices(gen: torch.Generator, colour_ids: torch.Tensor, batch_size: int,
+                   hard: float) -> torch.Tensor:
+    n = len(colour_ids)
+    if float(torch.rand(1, generator=gen)) < hard:
+        pick = torch.randperm(int(colour_ids.max()) + 1, generator=gen)[:2]
+        candidates = torch.nonzero((colour_ids == pick[0]) | (colour_ids == pick[1])).flatten()
+        if len(candidates) >= batch_size:
+            return candidates[torch.randperm(len(candidates), generator=gen)[:batch_size]]
+    return torch.randperm(n, generator=gen)[:batch_size]
+
+
 def pretrain(arch: str = "RN", seed: int = 0, steps: int = DEFAULTS["steps"],
              batch_size: int = DEFAULTS["batch_size"], lr: float = DEFAULTS["lr"],
              weight_decay: float = DEFAULTS["weight_decay"], warmup: int = DEFAULTS["warmup"],
              pool: int = DEFAULTS["pool"], captions_per_image: int = DEFAULTS["captions"],
-             lowres: float = DEFAULTS["lowres"], threads: Optional[int] = None, log_every: int = 25, verbose: bool = True):
+             lowres: float = DEFAULTS["lowres"], hard: float = DEFAULTS["hard"],
+             threads: Optional[int] = None, log_every: int = 25, verbose: bool = True):
     """Train a micro-CLIP; returns (fp32 model in eval mode, list of per-step losses).
 
     A pool of ``pool`` scenes is rendered once; each step draws a batch from it (with a random
     horizontal flip) and ``captions_per_image`` fresh captions per image (each caption set gives
     one InfoNCE term; the image features are shared). The first ``lowres`` fraction of the
     steps runs at half resolution (about 4x cheaper), the rest at the native resolution.
+    A fraction ``hard`` of the batches holds scenes of only two main-object colours, so that
+    colour alone cannot match images to captions (hard negatives for shape and texture).
     """
     if threads:
         torch.set_num_threads(threads)
@@ -191,6 +199,7 @@ def pretrain(arch: str = "RN", seed: int = 0, steps: int = DEFAULTS["steps"],
                             eps=1e-6)
     rng = np.random.default_rng([seed, 7919])
     gen = torch.Generator().manual_seed(seed)
+    colour_ids = torch.tensor([list(synth.COLOURS).index(o.colour) for o in objs])
     losses: List[float] = []
     start = time.time()
     for step in range(steps):
@@ -200,7 +209,7 @@ def pretrain(arch: str = "RN", seed: int = 0, steps: int = DEFAULTS["steps"],
             cur = 0.5 * lr * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
         for g in opt.param_groups:
             g["lr"] = cur
-        idx = torch.randperm(pool, generator=gen)[:batch_size]
+        idx = _batch_indices(gen, colour_ids, batch_size, hard)
         x = images[idx]
         flip = torch.rand(len(idx), generator=gen) < 0.5
         x[flip] = x[flip].flip(-1)
@@ -237,6 +246,7 @@ def save(model, path: str) -> None:
     from fsclip.engine.utils import atomic_torch_save
 
     atomic_torch_save(state_dict_fp16(model), path)
+    os.chmod(path, 0o644)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> List[float]:
@@ -244,25 +254,32 @@ def main(argv: Optional[Sequence[str]] = None) -> List[float]:
     p.add_argument("--arch", choices=sorted(ARCHS), default="RN")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="where to write the fp16 state dict (.pt)")
-    p.add_argument("--steps", type=int, default=DEFAULTS["steps"])
-    p.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"])
-    p.add_argument("--lr", type=float, default=DEFAULTS["lr"])
-    p.add_argument("--weight-decay", type=float, default=DEFAULTS["weight_decay"])
-    p.add_argument("--warmup", type=int, default=DEFAULTS["warmup"])
-    p.add_argument("--pool", type=int, default=DEFAULTS["pool"])
-    p.add_argument("--captions", type=int, default=DEFAULTS["captions"])
-    p.add_argument("--lowres", type=float, default=DEFAULTS["lowres"],
-                   help="fraction of the steps run at half resolution")
+    # None: the architecture's default (DEFAULTS updated by ARCH_DEFAULTS)
+    p.add_argument("--steps", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--warmup", type=int)
+    p.add_argument("--pool", type=int)
+    p.add_argument("--captions", type=int)
+    p.add_argument("--lowres", type=float, help="fraction of the steps run at half resolution")
+    p.add_argument("--hard", type=float, help="fraction of two-colour (hard-negative) batches")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (1 is fastest on a shared 2-core machine)")
     p.add_argument("--eval-root", default="",
                    help="if set, generate the synthetic benchmark here and print zero-shot and "
                         "4-shot linear-probe accuracy of the result")
     args = p.parse_args(argv)
+    hp = dict(DEFAULTS, **ARCH_DEFAULTS[args.arch])
+    for key in hp:
+        if getattr(args, key, None) is not None:
+            hp[key] = getattr(args, key)
+    print(f"pretraining Micro{args.arch}: seed {args.seed}, threads {args.threads}, {hp}",
+          flush=True)
     t0 = time.time()
-    model, losses = pretrain(args.arch, args.seed, args.steps, args.batch_size, args.lr,
-                             args.weight_decay, args.warmup, args.pool, args.captions,
-                             args.lowres, args.threads)
+    model, losses = pretrain(args.arch, args.seed, hp["steps"], hp["batch_size"], hp["lr"],
+                             hp["weight_decay"], hp["warmup"], hp["pool"], hp["captions"],
+                             hp["lowres"], hp["hard"], args.threads)
     save(model, args.out)
     print(f"saved {args.out} ({os.path.getsize(args.out) / 2**20:.2f} MiB) after "
           f"{time.time() - t0:.0f}s; first/last loss {losses[0]:.3f}/{np.mean(losses[-20:]):.3f}")

@@ -2,13 +2,16 @@
 
 Every image shows one main object with nameable attributes (shape, colour, fill texture, size)
 and, depending on the rendering *domain*, distractor objects, textured backgrounds, a colour
-cast, noise and blur. Three domains exist:
+cast, noise and blur. The rendering domains:
 
-- ``pretrain``: the micro-CLIPs' pretraining distribution (clean: plain or gradient backgrounds,
-  at most one distractor, mostly filled objects, some outline drawings);
-- ``photo``: the downstream benchmarks (cluttered: busy backgrounds, 1-4 distractors of the
-  same vocabulary, lighting cast, noise, blur, off-centre objects);
-- ``sketch``: the shifted variant (coloured outline drawings on paper).
+- ``pretrain``: the micro-CLIPs' pretraining distribution (larger objects, at most two small
+  distractors, milder noise and lighting, some outline drawings);
+- ``photo`` (SynthShapes): busy backgrounds, up to two distractors of the same vocabulary, a
+  lighting cast and a *palette shift*: every image's hue is rotated by about -30 degrees, so
+  the colour words learnt in pretraining fit only approximately and zero-shot classification
+  makes systematic errors that a few labelled shots can correct;
+- ``photo_texture`` (SynthTextures): the same without the palette shift;
+- ``sketch`` (SynthShapesSketch): coloured outline drawings on paper.
 
 Downstream datasets (see :data:`DATASETS`) are written in the CoOp layout::
 
@@ -41,7 +44,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 # Bump when rendering changes: cached datasets of another version are regenerated.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 DEFAULT_SEED = 0
 CANVAS = 128  # image side in pixels (= the micro-CLIPs' input resolution)
 _SS = 2  # supersampling factor for anti-aliased shapes
@@ -66,7 +69,7 @@ COLOURS: Dict[str, Tuple[int, int, int]] = {
     "cyan": (40, 205, 215),
 }
 TEXTURES: Tuple[str, ...] = ("plain", "striped", "dotted", "checkered", "wavy")
-DOMAINS: Tuple[str, ...] = ("pretrain", "photo", "sketch")
+DOMAINS: Tuple[str, ...] = ("pretrain", "photo", "photo_texture", "sketch")
 
 
 # --------------------------------------------------------------------------------------------
@@ -170,7 +173,7 @@ def _colour(rng: np.random.Generator, name: str, spread: float = 14.0) -> np.nda
 
 
 def _pattern(rng: np.random.Generator, texture: str,
-             box: Tuple[int, int, int, int]) -> Optional[np.ndarray]:
+             box: Tuple[int, int, int, int], scale: float = 1.0) -> Optional[np.ndarray]:
     """Boolean map of the secondary colour of a texture over ``box`` (None for plain)."""
     if texture == "plain":
         return None
@@ -181,17 +184,17 @@ def _pattern(rng: np.random.Generator, texture: str,
     u = x * math.cos(th) + y * math.sin(th)
     v = -x * math.sin(th) + y * math.cos(th)
     if texture == "striped":
-        period = rng.uniform(9, 14)
+        period = rng.uniform(12, 16) * scale
         return np.sin(2 * math.pi * u / period + rng.uniform(0, 6.3)) > 0
     if texture == "wavy":
-        period = rng.uniform(10, 14)
+        period = rng.uniform(12, 16) * scale
         return np.sin(2 * math.pi * u / period + 2.2 * np.sin(2 * math.pi * v / 14.0)) > 0
     if texture == "checkered":
-        period = rng.uniform(8, 12)
+        period = rng.uniform(10, 14) * scale
         return ((np.floor(u / period) + np.floor(v / period)) % 2) == 0
     if texture == "dotted":
-        period = rng.uniform(10, 14)
-        rad = period * rng.uniform(0.26, 0.33)
+        period = rng.uniform(12, 16) * scale
+        rad = period * rng.uniform(0.28, 0.34)
         du = (u % period) - period / 2
         dv = (v % period) - period / 2
         return du * du + dv * dv < rad * rad
@@ -282,19 +285,41 @@ class Style:
     blur_prob: float
     cast: float  # std of the per-channel lighting gain
     jitter: float = 0.0  # hand-drawn vertex jitter (outline drawings)
+    hue: Tuple[float, float] = (0.0, 0.0)  # palette shift: hue rotation (mean, std) in degrees
+    texture_scale: float = 1.0  # multiplies the period of fill patterns
 
 
 STYLES: Dict[str, Style] = {
-    "pretrain": Style(backgrounds=("plain", "plain", "gradient", "noise"), n_distractors=(0, 1),
-                      distractor_size=(0.08, 0.13), main_size=(0.22, 0.42), offset=0.12,
-                      outline_prob=0.15, noise=(0.0, 4.0), blur_prob=0.0, cast=0.0, jitter=0.02),
+    # the micro-CLIPs were pretrained with this style: changing it changes what the
+    # committed pretraining command produces
+    "pretrain": Style(backgrounds=("plain", "gradient", "noise", "grid", "blobs"),
+                      n_distractors=(0, 2), distractor_size=(0.08, 0.15), main_size=(0.22, 0.42),
+                      offset=0.15, outline_prob=0.15, noise=(0.0, 10.0), blur_prob=0.2,
+                      cast=0.06, jitter=0.03),
     "photo": Style(backgrounds=("plain", "gradient", "noise", "grid", "blobs"),
-                   n_distractors=(1, 4), distractor_size=(0.09, 0.19), main_size=(0.2, 0.36),
-                   offset=0.2, outline_prob=0.0, noise=(3.0, 14.0), blur_prob=0.35, cast=0.12),
-    "sketch": Style(backgrounds=("paper",), n_distractors=(1, 3), distractor_size=(0.09, 0.18),
-                    main_size=(0.22, 0.38), offset=0.18, outline_prob=1.0, noise=(1.0, 5.0),
-                    blur_prob=0.3, cast=0.0, jitter=0.05),
+                   n_distractors=(0, 2), distractor_size=(0.09, 0.19), main_size=(0.28, 0.42),
+                   offset=0.15, outline_prob=0.0, noise=(0.0, 8.0), blur_prob=0.15, cast=0.12,
+                   hue=(-30.0, 10.0)),
+    # SynthTextures: as "photo" without the palette shift (colour is not part of its classes)
+    "photo_texture": Style(backgrounds=("plain", "gradient", "noise", "grid", "blobs"),
+                           n_distractors=(0, 2), distractor_size=(0.09, 0.19),
+                           main_size=(0.28, 0.42), offset=0.15, outline_prob=0.0,
+                           noise=(0.0, 8.0), blur_prob=0.15, cast=0.12),
+    "sketch": Style(backgrounds=("paper",), n_distractors=(0, 1), distractor_size=(0.09, 0.18),
+                    main_size=(0.28, 0.42), offset=0.18, outline_prob=1.0, noise=(1.0, 5.0),
+                    blur_prob=0.3, cast=0.0, jitter=0.03),
 }
+
+
+def _rotate_hue(img: np.ndarray, degrees: float) -> np.ndarray:
+    """Rotate the hue of an RGB float image (0-255) by ``degrees`` (YIQ rotation)."""
+    th = math.radians(degrees)
+    to_yiq = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]],
+                      dtype=np.float32)
+    rot = np.array([[1, 0, 0], [0, math.cos(th), -math.sin(th)], [0, math.sin(th), math.cos(th)]],
+                   dtype=np.float32)
+    m = np.linalg.inv(to_yiq).astype(np.float32) @ rot @ to_yiq
+    return img @ m.T.astype(np.float32)
 
 
 def random_object(rng: np.random.Generator, shapes: Sequence[str] = SHAPES,
@@ -323,7 +348,7 @@ def _draw(img: np.ndarray, rng: np.random.Generator, obj: Obj, cx: float, cy: fl
         return
     pts = _place(obj.shape, cx, cy, r, rot)
     m, box = _mask(pts)
-    pat = _pattern(rng, obj.texture, box)
+    pat = _pattern(rng, obj.texture, box, style.texture_scale)
     if pat is None:
         _composite(img, m, box, primary)
     else:
@@ -358,6 +383,8 @@ def render(rng: np.random.Generator, main: Obj, domain: str,
     off = style.offset * CANVAS
     cx, cy = CANVAS / 2 + rng.uniform(-off, off, 2)
     _draw(img, rng, main, cx, cy, style)
+    if style.hue != (0.0, 0.0):
+        img = _rotate_hue(img, rng.normal(*style.hue))
     if style.cast > 0:
         gain = 1 + rng.normal(0, style.cast, 3)
         img = img * (gain * rng.uniform(0.8, 1.15)).astype(np.float32) + np.float32(rng.uniform(-15, 15))
@@ -383,6 +410,7 @@ class SynthSpec:
     domain: str
     counts: Dict[str, int]  # images per class per split
     index: int  # used in the per-image seed
+    palette: Tuple[str, ...] = tuple(COLOURS)  # colours of the main object when not a class attribute
 
 
 def _shape_colour_classes() -> Tuple[Tuple[str, str], ...]:
@@ -405,7 +433,8 @@ DATASETS: Dict[str, SynthSpec] = {
     "SynthShapes": SynthSpec("SynthShapes", "synth_shapes", _shape_colour_classes(),
                              "shape_colour", "photo", {"train": 20, "val": 5, "test": 30}, 1),
     "SynthTextures": SynthSpec("SynthTextures", "synth_textures", _shape_texture_classes(),
-                               "shape_texture", "photo", {"train": 20, "val": 5, "test": 15}, 2),
+                               "shape_texture", "photo_texture",
+                               {"train": 20, "val": 5, "test": 15}, 2),
     "SynthShapesSketch": SynthSpec("SynthShapesSketch", "synth_shapes_sketch",
                                    _shape_colour_classes(), "shape_colour", "sketch",
                                    {"train": 0, "val": 0, "test": 30}, 3),
@@ -428,8 +457,36 @@ def class_object(rng: np.random.Generator, spec: SynthSpec, label: int) -> Obj:
     if spec.kind == "shape_colour":
         texture = str(rng.choice(["plain", "plain", "striped", "dotted", "checkered", "wavy"]))
         return Obj(shape, attr, texture, size, outline=spec.domain == "sketch")
-    colour = str(rng.choice(list(COLOURS)))
+    colour = str(rng.choice(list(spec.palette)))
     return Obj(shape, colour, attr, size, outline=spec.domain == "sketch")
+
+
+def render_pretrain_scene(job: Tuple[int, int]) -> Tuple[bytes, Obj]:
+    """Pretraining scene ``i`` for ``seed`` (job = (seed, i)): raw RGB bytes and its main object.
+
+    Depends only on (seed, i); top-level so worker processes can run it.
+    """
+    seed, i = job
+    style = STYLES["pretrain"]
+    rng = np.random.default_rng([seed, 104729, i])
+    obj = random_object(rng, size_range=style.main_size)
+    if rng.random() < style.outline_prob:
+        obj = Obj(obj.shape, obj.colour, obj.texture, obj.size, outline=True)
+    img, _ = render(rng, obj, "pretrain")
+    return img.tobytes(), obj
+
+
+def run_jobs(fn, jobs: list, chunksize: int = 32) -> list:
+    """``[fn(j) for j in jobs]``, in worker processes when several CPUs are available."""
+    workers = _num_workers()
+    if workers > 1 and len(jobs) > 64:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        # spawn: safe in processes that already run torch threads
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+            return list(pool.map(fn, jobs, chunksize=chunksize))
+    return [fn(j) for j in jobs]
 
 
 def folder_name(classname: str) -> str:
@@ -479,17 +536,7 @@ def _write_dataset(spec: SynthSpec, folder: str, seed: int) -> None:
                 rel = f"{folder_name(classname)}/{name}_{i:04d}.png"
                 split[name].append([rel, label, classname])
                 jobs.append((spec.name, folder, name, label, i, seed))
-    workers = _num_workers()
-    if workers > 1 and len(jobs) > 64:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
-
-        # spawn: safe in processes that already run torch threads
-        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-            list(pool.map(_render_job, jobs, chunksize=32))
-    else:
-        for job in jobs:
-            _render_job(job)
+    run_jobs(_render_job, jobs)
     with open(osp.join(folder, f"split_zhou_{spec.name}.json"), "w", encoding="utf-8") as f:
         json.dump(split, f, indent=1)
         f.write("\n")
