@@ -60,11 +60,12 @@ def results(root, models):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one thread is fastest on a shared 2-core machine
     out = {}
+    images: dict = {}  # decoded once, shared by both models
     for mname, model in models.items():
         cache: dict = {}
         for dname in synth.DATASETS:
             out[mname, dname] = evaluate(model, root, dname, shots=4, seeds=(1, 2, 3),
-                                         cache=cache)
+                                         cache=cache, images=images, zs_init_probe=False)
     torch.set_num_threads(threads)
     return out
 

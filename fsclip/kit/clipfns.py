@@ -102,7 +102,7 @@ def load_items(items, resolution: int) -> Tuple[torch.Tensor, torch.Tensor]:
 
 
 def linear_probe(train_f: torch.Tensor, train_y: torch.Tensor, num_classes: int,
-                 steps: int = 300, wd: float = 1e-3, init: torch.Tensor = None) -> torch.Tensor:
+                 steps: int = 100, wd: float = 1e-3, init: torch.Tensor = None) -> torch.Tensor:
     """Multinomial logistic regression on frozen normalised features, full-batch LBFGS.
 
     Returns weights (C, D+1) (last column: bias). ``init`` (C, D) starts from a text

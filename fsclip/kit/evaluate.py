@@ -35,23 +35,34 @@ def _fewshot(items, shots: int, seed: int):
 
 
 @torch.no_grad()
-def _features(model, items, cache: dict, key):
+def _features(model, items, cache: dict, key, images: dict):
+    """Encoded features of ``items`` (cached under ``key`` in ``cache``, which is per model);
+    decoded images are cached in ``images``, which several models may share."""
     if key not in cache:
-        x, y = load_items(items, input_resolution(model))
+        res = input_resolution(model)
+        ikey = (res, tuple(p for p, _, _ in items))
+        if ikey not in images:
+            images[ikey] = load_items(items, res)
+        x, y = images[ikey]
         cache[key] = (encode_images(model, x), y)
     return cache[key]
 
 
 def evaluate(model, root: str, name: str, shots: int = 4, seeds: Sequence[int] = (1, 2, 3),
-             test_limit: Optional[int] = None, cache: Optional[dict] = None) -> dict:
-    """Accuracies (in %) of ``model`` on dataset ``name`` generated under ``root``."""
+             test_limit: Optional[int] = None, cache: Optional[dict] = None,
+             images: Optional[dict] = None, zs_init_probe: bool = True) -> dict:
+    """Accuracies (in %) of ``model`` on dataset ``name`` generated under ``root``.
+
+    ``cache`` (per model) keeps features, ``images`` (shareable across models) decoded images.
+    """
     cache = {} if cache is None else cache
+    images = {} if images is None else images
     spec = synth.DATASETS[name]
     folder = synth.ensure_dataset(root, name, verbose=False)
     split = read_split(folder, name)
     test = split["test"] if test_limit is None else split["test"][::max(1, len(split["test"]) // test_limit)]
     classnames = [c for c, _ in spec.classes]
-    f_test, y_test = _features(model, test, cache, (name, "test", len(test)))
+    f_test, y_test = _features(model, test, cache, (name, "test", len(test)), images)
     res = {"dataset": name, "classes": len(classnames), "test": len(test),
            "chance": 100.0 / len(classnames)}
     for key, templates in (("zeroshot", [synth.TEMPLATE]), ("zeroshot_ens", synth.TEMPLATES)):
@@ -63,20 +74,24 @@ def evaluate(model, root: str, name: str, shots: int = 4, seeds: Sequence[int] =
     accs, anchored = [], []
     for seed in seeds:
         train = _fewshot(src_split["train"], shots, seed)
-        f_tr, y_tr = _features(model, train, cache, (src, "train", shots, seed))
+        f_tr, y_tr = _features(model, train, cache, (src, "train", shots, seed), images)
         w = linear_probe(f_tr, y_tr, len(classnames))
         accs.append(100.0 * (probe_predict(w, f_test).argmax(1) == y_test).float().mean().item())
-        wa = anchored_probe(f_tr, y_tr, zs_w)
-        anchored.append(100.0 * ((f_test @ wa.t()).argmax(1) == y_test).float().mean().item())
+        if zs_init_probe:
+            wa = anchored_probe(f_tr, y_tr, zs_w)
+            anchored.append(100.0 * ((f_test @ wa.t()).argmax(1) == y_test).float().mean().item())
     res[f"probe_{shots}shot"] = sum(accs) / len(accs)
-    res[f"zsinit_probe_{shots}shot"] = sum(anchored) / len(anchored)
+    if zs_init_probe:
+        res[f"zsinit_probe_{shots}shot"] = sum(anchored) / len(anchored)
     return res
 
 
-def evaluate_all(weights: str, root: str, shots: int = 4, **kw) -> list:
+def evaluate_all(weights: str, root: str, shots: int = 4, images: Optional[dict] = None,
+                 **kw) -> list:
     model = load_micro_clip(weights)
     cache: dict = {}
-    return [dict(evaluate(model, root, name, shots, cache=cache, **kw),
+    images = {} if images is None else images
+    return [dict(evaluate(model, root, name, shots, cache=cache, images=images, **kw),
                  model=osp.splitext(osp.basename(weights))[0]) for name in synth.DATASETS]
 
 
@@ -85,7 +100,7 @@ def format_results(rows: list) -> str:
              "linear probe  zs-init probe"]
     for r in rows:
         probe = [v for k, v in r.items() if k.startswith("probe_")][0]
-        zsp = [v for k, v in r.items() if k.startswith("zsinit_probe_")][0]
+        zsp = ([v for k, v in r.items() if k.startswith("zsinit_probe_")] or [float("nan")])[0]
         lines.append(f"{r.get('model', ''):<10} {r['dataset']:<19} {r['classes']:>7} "
                      f"{r['chance']:>6.1f}% {r['zeroshot']:>9.1f}% {r['zeroshot_ens']:>11.1f}% "
                      f"{probe:>12.1f}% {zsp:>13.1f}%")
@@ -101,9 +116,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    rows = []
+    rows: list = []
+    images: dict = {}
     for w in args.weights:
-        rows += evaluate_all(w, args.root, args.shots)
+        rows += evaluate_all(w, args.root, args.shots, images=images)
     print(format_results(rows))
 
 
