@@ -203,3 +203,31 @@ def test_pretraining_command_runs_and_output_loads(arch, tmp_path, capsys):
                                             weights_only=True))
     assert {k: v.shape for k, v in model.state_dict().items()} == \
         {k: v.shape for k, v in ref.state_dict().items()}
+
+
+def test_concurrent_generation_leaves_one_complete_copy(tmp_path, monkeypatch):
+    import dataclasses
+    import threading
+
+    tiny = dataclasses.replace(synth.DATASETS["SynthShapesSketch"], name="TinySketch",
+                               dataset_dir="tiny_sketch", counts={"train": 1, "val": 0, "test": 2})
+    monkeypatch.setitem(synth.DATASETS, "TinySketch", tiny)
+    root = str(tmp_path)
+    errors = []
+
+    def run():
+        try:
+            synth.ensure_dataset(root, "TinySketch", verbose=False)
+        except Exception as err:  # pragma: no cover - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=run) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert synth.is_complete(root, "TinySketch")
+    assert sorted(os.listdir(root)) == ["tiny_sketch"]  # no temporary folders left behind
+    digest = synth.tree_digest(osp.join(root, "tiny_sketch"))
+    assert len(digest) == 10 * 3 + 2
