@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import os.path as osp
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
