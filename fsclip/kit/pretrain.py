@@ -241,10 +241,17 @@ def state_dict_fp16(model) -> Dict[str, torch.Tensor]:
     return out
 
 
-def save(model, path: str) -> None:
-    from fsclip.engine.utils import atomic_torch_save
+def save(model_or_state, path: str) -> None:
+    """Write the fp16 state dict atomically, with a fixed archive name inside the file, so the
+    same weights always give the same bytes whatever the output path."""
+    import io
 
-    atomic_torch_save(state_dict_fp16(model), path)
+    from fsclip.engine.utils import atomic_write_bytes
+
+    state = model_or_state if isinstance(model_or_state, dict) else state_dict_fp16(model_or_state)
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write_bytes(path, buf.getvalue())
     os.chmod(path, 0o644)
 
 
