@@ -12,6 +12,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from fsclip.clip.compat import import_clip
+from fsclip.clip.loader import load_clip
+from fsclip.clip.text import text_classifier as core_text_classifier
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -23,11 +25,8 @@ def weights_path(name: str) -> str:
 
 
 def load_micro_clip(name_or_path: str) -> torch.nn.Module:
-    """Load a micro-CLIP (``MicroRN``, ``MicroViT`` or a file) via clip's ``build_model``; fp32, eval."""
-    clip = import_clip()
-    path = name_or_path if osp.isfile(name_or_path) else weights_path(name_or_path)
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    return clip.model.build_model(state).float().eval()
+    """Load a micro-CLIP (``MicroRN``, ``MicroViT`` or a file) through the toolkit's loader; fp32, eval."""
+    return load_clip(name_or_path, device="cpu", precision="fp32")
 
 
 def input_resolution(model: torch.nn.Module) -> int:
@@ -76,14 +75,9 @@ def encode_images(model, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor
     return F.normalize(torch.cat(feats), dim=-1)
 
 
-@torch.no_grad()
 def text_classifier(model, classnames: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
-    """Normalised mean of normalised prompt features per class, (C, D)."""
-    weights = []
-    for name in classnames:
-        f = F.normalize(model.encode_text(tokenize([t.format(name) for t in templates])).float(), dim=-1)
-        weights.append(F.normalize(f.mean(0), dim=-1))
-    return torch.stack(weights)
+    """Normalised mean of normalised prompt features per class, (C, D), float32."""
+    return core_text_classifier(model, classnames, templates).float()
 
 
 def read_split(dataset_dir: str, name: str) -> Dict[str, List[Tuple[str, int, str]]]:
