@@ -27,7 +27,7 @@ import json
 import os
 import os.path as osp
 import uuid
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Sequence
 
 import torch
 from torch import Tensor
@@ -181,8 +181,3 @@ class FeatureCache:
         if self.verbose:
             print(f"Feature cache: stored {label} features {tuple(feats.shape)} in {folder}")
 
-
-def summary(cache: Optional[FeatureCache]) -> str:
-    if cache is None:
-        return "no feature cache"
-    return f"{cache.computed} images encoded, {cache.reused} reused from the cache"

@@ -31,10 +31,6 @@ def mkdir_if_missing(dirname: str) -> None:
                 raise
 
 
-def check_isfile(fpath: str) -> bool:
-    return osp.isfile(fpath)
-
-
 def tolist_if_not(x: Any) -> list:
     return x if isinstance(x, list) else [x]
 
