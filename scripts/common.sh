@@ -32,6 +32,16 @@ prepare_run() {
     mkdir -p "$dir"
 }
 
+# start_run DIR MODE: false (and says so) when DIR already has a final result, otherwise
+# prepares DIR for a (re)run (see run_finished and prepare_run).
+start_run() {
+    if run_finished "$1" "$2"; then
+        echo "Results are available in $1; skipping"
+        return 1
+    fi
+    prepare_run "$1"
+}
+
 # train_run TRAINER DATASET CFG SEED OUTDIR [train.py args ...]: one train.py call
 train_run() {
     local trainer=$1 dataset=$2 cfg=$3 seed=$4 out=$5
@@ -57,11 +67,7 @@ fewshot_main() {
     local base="${OUTPUT}/${dataset}/${trainer}/${cfg}_${shots}shots"
     for seed in ${SEEDS:-1 2 3}; do
         dir="${base}/seed${seed}"
-        if run_finished "$dir" train; then
-            echo "Results are available in ${dir}; skipping"
-            continue
-        fi
-        prepare_run "$dir"
+        start_run "$dir" train || continue
         train_run "$trainer" "$dataset" "$cfg" "$seed" "$dir" DATASET.NUM_SHOTS "$shots" "$@"
     done
     $PYTHON parse_test_res.py "$base"
@@ -98,11 +104,7 @@ fewshot_ood() {
         base="${OUTPUT}/evaluation/${target}/${trainer}/${cfg}_16shots_from_imagenet"
         for seed in ${SEEDS:-1 2 3}; do
             out="${base}/seed${seed}"
-            if run_finished "$out" test; then
-                echo "Results are available in ${out}; skipping"
-                continue
-            fi
-            prepare_run "$out"
+            start_run "$out" test || continue
             train_run "$trainer" "$target" "$cfg" "$seed" "$out" \
                 --model-dir "${OUTPUT}/imagenet/${trainer}/${cfg}_16shots/seed${seed}" --eval-only "$@"
         done

@@ -84,8 +84,9 @@ class FrozenFeatureTrainer(TrainerX):
                                               self.classnames).to(self.device)  # [K, D] unit rows
         self.logit_scale = float(self.clip_model.logit_scale.exp().item())
         self.head_o = make_pooling_head(self.visual).to(self.device).requires_grad_(False).eval()  # AttnPool_O
-        self.tfm_train = build_transform(cfg, is_train=True)
-        self.tfm_test = build_transform(cfg, is_train=False)
+        # the transforms the data loaders already use (Dassl's DataManager keeps them only there)
+        self.tfm_train = self._loader_transform(self.train_loader_x) or build_transform(cfg, is_train=True)
+        self.tfm_test = self._loader_transform(self.test_loader) or build_transform(cfg, is_train=False)
         cache_dir = fc.CACHE_DIR or osp.join(osp.expanduser("~"), ".cache", "fsclip", "features")
         self.cache = FeatureCache("" if cache_dir.lower() == "none" else cache_dir, int(fc.MAX_GB * 2**30))
         self.backbone_id = fingerprint_tensors(self.visual.state_dict())
@@ -97,6 +98,10 @@ class FrozenFeatureTrainer(TrainerX):
 
     def build_method(self) -> None:
         raise NotImplementedError
+
+    @staticmethod
+    def _loader_transform(loader: Any) -> Any:
+        return getattr(getattr(loader, "dataset", None), "transform", None)
 
     # ------------------------------------------------------------------ features
     def split_items(self, split: str) -> list:

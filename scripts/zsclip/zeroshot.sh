@@ -14,11 +14,7 @@ TRAINER=${3:-ZeroshotCLIP}
 shift $(( $# < 3 ? $# : 3 ))
 
 DIR=${OUTPUT}/${DATASET}/${TRAINER}/${CFG}
-if run_finished "$DIR" test; then
-    echo "Results are available in ${DIR}; skipping"
-    exit 0
-fi
-prepare_run "$DIR"
+start_run "$DIR" test || exit 0
 $PYTHON train.py \
     --root "$DATA" \
     --trainer "$TRAINER" \
