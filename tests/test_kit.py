@@ -231,3 +231,21 @@ def test_concurrent_generation_leaves_one_complete_copy(tmp_path, monkeypatch):
     assert sorted(os.listdir(root)) == ["tiny_sketch"]  # no temporary folders left behind
     digest = synth.tree_digest(osp.join(root, "tiny_sketch"))
     assert len(digest) == 10 * 3 + 2
+
+
+def test_parallel_rendering_works_from_a_script_without_a_main_guard(tmp_path):
+    """Worker processes must not re-run the calling script (spawn would, and crash)."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "user_script.py"
+    script.write_text(
+        "from fsclip.kit import synth\n"
+        "print('RUN')\n"  # printed once per execution of this script
+        "out = synth.run_jobs(synth.folder_name, ['red circle'] * 200)\n"
+        "print(len(out), out[0])\n", encoding="utf-8")
+    env = dict(os.environ, FSCLIP_SYNTH_WORKERS="2")
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["RUN", "200", "red_circle"]

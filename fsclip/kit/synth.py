@@ -35,6 +35,7 @@ import math
 import os
 import os.path as osp
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
@@ -477,15 +478,24 @@ def render_pretrain_scene(job: Tuple[int, int]) -> Tuple[bytes, Obj]:
 
 
 def run_jobs(fn, jobs: list, chunksize: int = 32) -> list:
-    """``[fn(j) for j in jobs]``, in worker processes when several CPUs are available."""
+    """``[fn(j) for j in jobs]``, in forked worker processes when several CPUs are available.
+
+    Fork (not spawn) so that a user script calling this without an ``if __name__ ==
+    "__main__"`` guard works: spawned workers would re-run that script. The workers only
+    render with NumPy and PIL, never torch. Where fork is unavailable, the jobs run here.
+    """
     workers = _num_workers()
-    if workers > 1 and len(jobs) > 64:
+    if workers > 1 and len(jobs) > 64 and sys.platform.startswith("linux"):
         import multiprocessing as mp
+        import warnings
         from concurrent.futures import ProcessPoolExecutor
 
-        # spawn: safe in processes that already run torch threads
-        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-            return list(pool.map(fn, jobs, chunksize=chunksize))
+        with warnings.catch_warnings():
+            # Python >= 3.12 warns about fork in a multi-threaded process (torch's pools);
+            # the children run no torch code, so the usual deadlock cannot happen here
+            warnings.simplefilter("ignore", DeprecationWarning)
+            with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork")) as pool:
+                return list(pool.map(fn, jobs, chunksize=chunksize))
     return [fn(j) for j in jobs]
 
 
