@@ -9,13 +9,17 @@ synthetic dataset (the ``Custom`` dataset over generated JPEGs), with the same S
 * cached: the SAFE trainer of this toolkit. G runs once per image (and per stored training
   view) for the whole sweep; runs read the cached maps.
 
+Both ways share one loaded CLIP (each run gets a fresh copy of it), so the figures compare
+encoding and training, not reading the weights file 30 times.
+
 It prints the number of images sent through G and the wall time of each way, and their ratios.
-Usage: python benchmarks/safe_sweep_cache.py [--classes 5] [--iters 20] [--test-per-class 20] ...
+Usage: python benchmarks/safe_sweep_cache.py [--classes 5] [--iters 40] [--test-per-class 20] ...
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import os.path as osp
 import random
@@ -31,6 +35,7 @@ from PIL import Image, ImageDraw
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+import fsclip.adapt.trainer as frozen_trainer  # noqa: E402
 import fsclip.datasets  # noqa: E402,F401
 import fsclip.trainers  # noqa: E402,F401
 from fsclip.adapt.heads import make_pooling_head, trunk_forward  # noqa: E402
@@ -153,8 +158,8 @@ def main() -> None:
     p.add_argument("--train-per-class", type=int, default=16)
     p.add_argument("--val-per-class", type=int, default=4)
     p.add_argument("--test-per-class", type=int, default=20)
-    p.add_argument("--iters", type=int, default=20)
-    p.add_argument("--eval-every", type=int, default=10)
+    p.add_argument("--iters", type=int, default=40)
+    p.add_argument("--eval-every", type=int, default=20)
     p.add_argument("--views", type=int, default=2)
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
@@ -183,6 +188,16 @@ def main() -> None:
             t.device = torch.device(args.device)
         return t
 
+    load_once = frozen_trainer.load_clip_from_cfg
+    loaded: dict = {}
+
+    def shared_clip(cfg, precision: str = "auto", device=None):
+        key = (cfg.MODEL.BACKBONE.NAME, precision)
+        if key not in loaded:
+            loaded[key] = load_once(cfg, precision=precision, device="cpu")
+        return copy.deepcopy(loaded[key]).to(device or "cpu")
+
+    frozen_trainer.load_clip_from_cfg = shared_clip  # both ways: weights read from disk once
     results = {}
     for way in ("reference", "cached"):
         forwards = 0
