@@ -1,7 +1,8 @@
 """The offline kit's synthetic benchmark as registered datasets.
 
-``SynthShapes`` (10 classes: shape + colour, e.g. "red circle"), ``SynthTextures`` (20 classes:
-shape + fill texture, e.g. "striped square") and ``SynthShapesSketch`` (SynthShapes' classes
+``SynthShapes`` (10 classes, each with a colour and a shape of its own, e.g. "red circle";
+palette-shifted photos), ``SynthTextures`` (20 classes: 4 colours x 5 fill textures, each
+texture on a shape of its own, e.g. "red striped square"; finer patterns than in pretraining) and ``SynthShapesSketch`` (SynthShapes' classes
 drawn as coloured outlines on paper; test only, for the distribution-shift scripts, like
 ImageNet-Sketch for ImageNet).
 

@@ -90,7 +90,7 @@ def test_generation_is_byte_identical_for_a_seed_and_differs_across_seeds(root, 
     for label in range(3):
         a = synth.png_bytes(synth.render_item(spec, "test", label, 0, synth.DEFAULT_SEED))
         b = synth.png_bytes(synth.render_item(spec, "test", label, 0, synth.DEFAULT_SEED + 1))
-        path = osp.join(partial, "images", synth.folder_name(spec.classes[label][0]), "test_0000.png")
+        path = osp.join(partial, "images", synth.folder_name(spec.classes[label]), "test_0000.png")
         with open(path, "rb") as f:
             assert f.read() == a
         assert a != b
@@ -102,7 +102,7 @@ def test_layout_and_split_files_match_the_real_benchmarks(root):
         with open(osp.join(folder, f"split_zhou_{name}.json"), encoding="utf-8") as f:
             split = json.load(f)
         assert set(split) == {"train", "val", "test"}
-        classnames = [c for c, _ in spec.classes]
+        classnames = list(spec.classes)
         for part, rows in split.items():
             assert len(rows) == spec.counts[part] * len(classnames)
             for rel, label, classname in rows:
@@ -169,20 +169,8 @@ def test_zero_shot_accuracy_is_in_the_band(results, mname, dname):
     assert 2 * r["chance"] <= r["zeroshot"] <= 80.0, r
 
 
-# Known gap (see fsclip/kit/weights/README.md): on SynthTextures the micro-CLIPs' frozen
-# features are too weak for a plain 4-shot probe to beat the text classifier.
-_PROBE_CASES = [
-    ("MicroRN", "SynthShapes"), ("MicroViT", "SynthShapes"),
-    pytest.param("MicroRN", "SynthTextures", marks=pytest.mark.xfail(
-        reason="4-shot probe on MicroRN features does not beat zero-shot on SynthTextures",
-        strict=False)),
-    pytest.param("MicroViT", "SynthTextures", marks=pytest.mark.xfail(
-        reason="4-shot probe on MicroViT features does not beat zero-shot on SynthTextures",
-        strict=False)),
-]
-
-
-@pytest.mark.parametrize("mname,dname", _PROBE_CASES)
+@pytest.mark.parametrize("mname", MODELS)
+@pytest.mark.parametrize("dname", ["SynthShapes", "SynthTextures"])
 def test_four_shot_linear_probe_beats_zero_shot(results, mname, dname):
     r = results[mname, dname]
     assert r["probe_4shot"] > r["zeroshot"], r

@@ -61,7 +61,7 @@ def evaluate(model, root: str, name: str, shots: int = 4, seeds: Sequence[int] =
     folder = synth.ensure_dataset(root, name, verbose=False)
     split = read_split(folder, name)
     test = split["test"] if test_limit is None else split["test"][::max(1, len(split["test"]) // test_limit)]
-    classnames = [c for c, _ in spec.classes]
+    classnames = list(spec.classes)
     f_test, y_test = _features(model, test, cache, (name, "test", len(test)), images)
     res = {"dataset": name, "classes": len(classnames), "test": len(test),
            "chance": 100.0 / len(classnames)}

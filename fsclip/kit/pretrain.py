@@ -1,11 +1,12 @@
 """Contrastive pretraining of the kit's micro-CLIPs on synthetic image-caption pairs.
 
-Images come from :mod:`fsclip.kit.synth`'s ``pretrain`` domain (clean scenes, a few outline
-drawings), rendered on the fly; captions name a random subset of the main object's attributes
-("a photo of a small red striped circle.", "a drawing of a blue star.", ...). The downstream
-class names ("red circle", "striped square") are thus expressible, while the downstream images
-(cluttered scenes with a lighting cast, or sketches) differ from what was seen, so zero-shot
-accuracy is well above chance but far from perfect.
+Images come from :mod:`fsclip.kit.synth`'s ``pretrain`` domain (scenes with at most one small
+distractor, some outline drawings), rendered once into a pool; captions name the shape and a
+random subset of the main object's other attributes ("a photo of a small red striped circle.",
+"a drawing of a blue star.", ...). The downstream class names ("red circle", "red striped
+square") are thus expressible, while the downstream images differ from what was seen (a palette
+shift, finer fill patterns, or sketches), so zero-shot accuracy is well above chance but far
+from perfect.
 
 The models are clip-anytorch ``CLIP`` modules with the architectures in :data:`ARCHS`; the
 saved file is a plain fp16 state dict that ``clip.model.build_model`` loads::
@@ -42,8 +43,10 @@ ARCHS: Dict[str, dict] = {
 }
 TEXT = dict(context_length=77, vocab_size=49408, transformer_width=64, transformer_heads=1,
             transformer_layers=2)
-DEFAULTS = dict(steps=600, batch_size=64, lr=2e-3, weight_decay=0.05, warmup=30, pool=3000,
-                captions=2, lowres=0.5, hard=0.5)
+DEFAULTS = dict(steps=2000, batch_size=64, lr=2e-3, weight_decay=0.05, warmup=100, pool=8000,
+                captions=2, lowres=0.85, hard=0.5)
+# probability that a caption names the colour / the fill texture (the shape is always named)
+P_COLOUR, P_TEXTURE = 0.85, 0.75
 # per-architecture changes to DEFAULTS (what `--arch X` uses unless an option is given)
 ARCH_DEFAULTS: Dict[str, dict] = {"RN": {}, "ViT": {"lr": 1e-3}}
 
@@ -70,9 +73,9 @@ def caption(rng: np.random.Generator, obj: synth.Obj) -> str:
     words = []
     if rng.random() < 0.2:
         words.append("small" if obj.size < 0.3 else "large")
-    if rng.random() < 0.6:
+    if rng.random() < P_COLOUR:
         words.append(obj.colour)
-    if not obj.outline and rng.random() < 0.5:
+    if not obj.outline and rng.random() < P_TEXTURE:
         words.append(obj.texture)
     words.append(obj.shape)
     phrase = " ".join(words)
