@@ -1,0 +1,61 @@
+"""The CoOp-style method scripts: seeds loop, output layout, parsed summary, skipping finished
+runs and redoing crashed ones (real train.py runs on the offline kit)."""
+
+from __future__ import annotations
+
+import os
+import os.path as osp
+import re
+import subprocess
+import sys
+
+import pytest
+
+from fsclip.clip.loader import kit_model_names
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+
+pytestmark = pytest.mark.skipif("MicroRN" not in kit_model_names(), reason="kit weights missing")
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    base = tmp_path_factory.mktemp("scripts")
+    return dict(os.environ, DATA=str(base / "data"), OUTPUT=str(base / "output"),
+                PYTHON=sys.executable, SEEDS="1 2", FSCLIP_SYNTH_WORKERS="1",
+                FSCLIP_FEATURE_CACHE=str(base / "features"))
+
+
+def main_sh(env: dict) -> str:
+    proc = subprocess.run(
+        ["bash", "scripts/tip_adapter/main.sh", "synth_shapes", "1", "micro_rn",
+         "TRAINER.FEATURES.CACHE_DIR", env["FSCLIP_FEATURE_CACHE"]],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return proc.stdout
+
+
+def test_main_sh_runs_every_seed_then_skips_finished_and_redoes_crashed_runs(env):
+    base = osp.join(env["OUTPUT"], "synth_shapes", "TipAdapter", "micro_rn_1shots")
+    out = main_sh(env)
+    assert re.search(r"^\* accuracy: [\d.]+% \+- [\d.]+%$", out, re.M), out[-1500:]
+    assert sorted(os.listdir(base)) == ["seed1", "seed2"]
+    logs = {s: open(osp.join(base, s, "log.txt"), encoding="utf-8").read() for s in ("seed1", "seed2")}
+    assert all("Finish training" in text for text in logs.values())
+
+    # a rerun trains nothing
+    again = main_sh(env)
+    assert again.count("skipping") == 2 and "Loading CLIP" not in again
+
+    # seed 2 "crashed" before its result: only it is redone, its old log is kept aside
+    cut = logs["seed2"].split("Finish training")[0]
+    with open(osp.join(base, "seed2", "log.txt"), "w", encoding="utf-8") as f:
+        f.write(cut)
+    redo = main_sh(env)
+    assert redo.count("skipping") == 1 and "Redoing unfinished run" in redo
+    kept = [f for f in os.listdir(osp.join(base, "seed2")) if f.startswith("log.txt.crashed-")]
+    assert len(kept) == 1
+    final = open(osp.join(base, "seed2", "log.txt"), encoding="utf-8").read()
+    assert "Finish training" in final
+    acc = re.findall(r"^\* accuracy: ([\d.]+)%$", final, re.M)[-1]
+    assert acc == re.findall(r"^\* accuracy: ([\d.]+)%$", logs["seed2"], re.M)[-1]  # same run, same result
