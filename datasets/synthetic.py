@@ -2,9 +2,9 @@
 
 ``SynthShapes`` (10 classes, each with a colour and a shape of its own, e.g. "red circle";
 palette-shifted photos), ``SynthTextures`` (20 classes: 4 colours x 5 fill textures, each
-texture on a shape of its own, e.g. "red striped square"; finer patterns than in pretraining) and ``SynthShapesSketch`` (SynthShapes' classes
-drawn as coloured outlines on paper; test only, for the distribution-shift scripts, like
-ImageNet-Sketch for ImageNet).
+texture on a shape of its own, e.g. "red striped square"; finer patterns than in pretraining)
+and ``SynthShapesSketch`` (SynthShapes' classes drawn as coloured outlines on paper; test
+only, for the distribution-shift scripts, like ImageNet-Sketch for ImageNet).
 
 They read ``DATASET.ROOT/<dataset_dir>`` exactly like the real benchmarks (CoOp layout,
 ``split_zhou_<Name>.json``, few-shot picks cached as JSON, SUBSAMPLE_CLASSES), and when the

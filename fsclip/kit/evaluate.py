@@ -14,24 +14,20 @@ from __future__ import annotations
 import argparse
 import os.path as osp
 import random
-from typing import Dict, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 
+from fsclip.engine.data.base import Datum, sample_fewshot
 from fsclip.kit import synth
 from fsclip.kit.clipfns import (anchored_probe, encode_images, input_resolution, linear_probe, load_items,
                                 load_micro_clip, probe_predict, read_split, text_classifier)
 
 
 def _fewshot(items, shots: int, seed: int):
-    rng = random.Random(seed)
-    by_label: Dict[int, list] = {}
-    for it in items:
-        by_label.setdefault(it[1], []).append(it)
-    out = []
-    for lab in by_label:
-        out.extend(rng.sample(by_label[lab], min(shots, len(by_label[lab]))))
-    return out
+    """The engine's few-shot picks (Dassl's algorithm) of ``(path, label, classname)`` items."""
+    data = [Datum(path, label, classname=name) for path, label, name in items]
+    return [(d.impath, d.label, d.classname) for d in sample_fewshot(data, shots, random.Random(seed))]
 
 
 @torch.no_grad()
@@ -65,12 +61,11 @@ def evaluate(model, root: str, name: str, shots: int = 4, seeds: Sequence[int] =
     f_test, y_test = _features(model, test, cache, (name, "test", len(test)), images)
     res = {"dataset": name, "classes": len(classnames), "test": len(test),
            "chance": 100.0 / len(classnames)}
-    for key, templates in (("zeroshot", [synth.TEMPLATE]), ("zeroshot_ens", synth.TEMPLATES)):
-        w = text_classifier(model, classnames, templates)
+    zs_w = text_classifier(model, classnames, [synth.TEMPLATE])
+    for key, w in (("zeroshot", zs_w), ("zeroshot_ens", text_classifier(model, classnames, synth.TEMPLATES))):
         res[key] = 100.0 * ((f_test @ w.t()).argmax(1) == y_test).float().mean().item()
     src = synth.SOURCE.get(name, name)
     src_split = read_split(synth.ensure_dataset(root, src, verbose=False), src)
-    zs_w = text_classifier(model, classnames, [synth.TEMPLATE])
     accs, anchored = [], []
     for seed in seeds:
         train = _fewshot(src_split["train"], shots, seed)

@@ -77,7 +77,6 @@ COLOURS: Dict[str, Tuple[int, int, int]] = {
     "cyan": (40, 205, 215),
 }
 TEXTURES: Tuple[str, ...] = ("plain", "striped", "dotted", "checkered", "wavy")
-DOMAINS: Tuple[str, ...] = ("pretrain", "photo", "photo_texture", "sketch")
 
 
 # --------------------------------------------------------------------------------------------
