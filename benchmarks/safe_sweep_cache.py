@@ -19,6 +19,7 @@ Usage: python benchmarks/safe_sweep_cache.py [--classes 5] [--iters 40] [--test-
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import os
 import os.path as osp
@@ -43,6 +44,7 @@ from fsclip.backend import build_trainer  # noqa: E402
 from fsclip.cli import extend_cfg  # noqa: E402
 from fsclip.clip.compat import import_clip  # noqa: E402
 from fsclip.engine.config import get_cfg_default  # noqa: E402
+from fsclip.engine.optim import adamw  # noqa: E402
 
 SHOTS = (1, 2, 4, 8, 16)
 SEEDS = (1, 2, 3)
@@ -104,7 +106,7 @@ def reference_run(trainer) -> float:
     s = trainer.cfg.TRAINER.SAFE
     torch.manual_seed(max(trainer.cfg.SEED, 0))
     head = make_pooling_head(trainer.visual).to(trainer.device)
-    opt = torch.optim.AdamW(head.parameters(), lr=float(s.LRS[0]), weight_decay=float(s.WDS[0]))
+    opt = adamw(head.parameters(), lr=float(s.LRS[0]), weight_decay=float(s.WDS[0]))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=int(s.ITERS))
 
     @torch.no_grad()
@@ -177,13 +179,15 @@ def main() -> None:
     print(f"SAFE: {args.iters} steps, batch 8, val every {args.eval_every}; cached training views: {args.views}")
     devnull = open(os.devnull, "w")
 
+    def quiet():  # the trainers' log lines and progress bars
+        stack = contextlib.ExitStack()
+        stack.enter_context(contextlib.redirect_stdout(devnull))
+        stack.enter_context(contextlib.redirect_stderr(devnull))
+        return stack
+
     def quiet_build(cfg):
-        saved = sys.stdout
-        sys.stdout = devnull
-        try:
+        with quiet():
             t = build_trainer(cfg)
-        finally:
-            sys.stdout = saved
         if args.device != "cpu":
             t.device = torch.device(args.device)
         return t
@@ -211,13 +215,9 @@ def main() -> None:
                 if way == "reference":
                     accs.append(reference_run(trainer))
                 else:
-                    saved = sys.stdout
-                    sys.stdout = devnull
-                    try:
-                        trainer.train()
+                    with quiet():
+                        trainer.fit()  # training and choices on train/val; then one test
                         accs.append(trainer.test())
-                    finally:
-                        sys.stdout = saved
                 forwards += counter.images
         results[way] = (time.time() - start, forwards, float(np.mean(accs)))
         print(f"{way:>9}: {results[way][0]:8.1f} s   {forwards:6d} images through G   "

@@ -108,3 +108,37 @@ def test_unknown_names_raise_clear_errors():
         build_lr_scheduler(opt, _optim_cfg(LR_SCHEDULER="poly"))
     with pytest.raises(ValueError, match="WARMUP_TYPE"):
         build_lr_scheduler(opt, _optim_cfg(LR_SCHEDULER="cosine", WARMUP_EPOCH=1, WARMUP_TYPE="exp"))
+
+
+@pytest.mark.parametrize("name", ["adam", "amsgrad", "adamw"])
+def test_fused_optimizers_follow_the_default_update(name):
+    """The fused kernel (taken where torch has one) must give the default implementation's steps."""
+    o = _optim_cfg(NAME=name, LR=0.01, WEIGHT_DECAY=0.1)
+    torch.manual_seed(0)
+    init = [torch.randn(8, 5), torch.randn(5)]
+    grads = [[torch.randn_like(t) for t in init] for _ in range(4)]
+    ours = [torch.nn.Parameter(t.clone()) for t in init]
+    plain = [torch.nn.Parameter(t.clone()) for t in init]
+    opt = build_optimizer(ours, o)
+    cls = {"adamw": torch.optim.AdamW}.get(name, torch.optim.Adam)
+    ref = cls(plain, lr=0.01, weight_decay=0.1, betas=(o.ADAM_BETA1, o.ADAM_BETA2), amsgrad=name == "amsgrad",
+              foreach=False)
+    for g in grads:
+        for p, q, gi in zip(ours, plain, g):
+            p.grad, q.grad = gi.clone(), gi.clone()
+        opt.step()
+        ref.step()
+    for p, q in zip(ours, plain):
+        torch.testing.assert_close(p.detach(), q.detach(), rtol=1e-5, atol=1e-6)
+    assert not torch.equal(ours[0].detach(), init[0])
+
+
+def test_adamw_helper_uses_the_fused_kernel_on_cpu_where_torch_has_it():
+    from packaging.version import Version
+
+    from fsclip.engine.optim import adamw
+
+    opt = adamw([torch.nn.Parameter(torch.zeros(3))], lr=0.1, weight_decay=0.01)
+    assert isinstance(opt, torch.optim.AdamW) and opt.defaults["weight_decay"] == 0.01
+    has_cpu_kernel = Version(torch.__version__.split("+")[0]) >= Version("2.4")
+    assert bool(opt.defaults.get("fused")) == has_cpu_kernel

@@ -81,12 +81,12 @@ def test_corrupt_shards_and_index_are_recomputed(tmp_path, capsys):
 
 
 def test_budget_exceeded_computes_without_writing(tmp_path, capsys):
-    cache = FeatureCache(str(tmp_path / "c"), max_bytes=100)
+    cache = FeatureCache(str(tmp_path / "c"), max_bytes=10)  # 4 images x 4 bytes do not fit
     paths = images(tmp_path)
     calls = []
-    cache.get(SPACE, paths, fake_trunk(calls), bytes_per_image=1000)
+    cache.get(SPACE, paths, fake_trunk(calls))
     assert "computing them for this run only" in capsys.readouterr().out
-    cache.get(SPACE, paths, fake_trunk(calls), bytes_per_image=1000)
+    cache.get(SPACE, paths, fake_trunk(calls))
     assert len(calls) == 2
     assert not os.path.exists(os.path.join(cache.space_dir(SPACE), "index.json"))
 

@@ -32,6 +32,7 @@ from fsclip.adapt.search import RunResult, grid_search, train_with_early_stoppin
 from fsclip.adapt.tip import CacheAdapter, fit_cache_adapter
 from fsclip.adapt.trainer import FrozenFeatureTrainer
 from fsclip.backend import TRAINER_REGISTRY
+from fsclip.engine.optim import adamw
 
 from .tip_adapter import add_tip_cfg
 
@@ -94,7 +95,7 @@ class SAFE(FrozenFeatureTrainer):
             torch.manual_seed(seed)
             gen = torch.Generator().manual_seed(seed)
             head = make_pooling_head(self.visual).to(self.device)  # a fresh AttnPool_F = AttnPool_O
-            opt = torch.optim.AdamW(head.parameters(), lr=params["lr"], weight_decay=params["weight_decay"])
+            opt = adamw(head.parameters(), lr=params["lr"], weight_decay=params["weight_decay"])
             sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=int(s.ITERS))
             order: list = []
 

@@ -134,7 +134,7 @@ class FeatureCache:
         return found
 
     def get(self, space: Dict[str, Any], impaths: Sequence[str], compute: Callable[[List[str]], Tensor],
-            bytes_per_image: int = 0, label: str = "") -> Tensor:
+            label: str = "") -> Tensor:
         """Features of ``impaths`` (in order) in ``space``; ``compute(paths)`` gives ``[n, V, ...]``."""
         keys = [image_key(p) for p in impaths]
         if not self.root:
@@ -156,14 +156,14 @@ class FeatureCache:
             self.computed += len(todo_keys)
             for k, row in zip(todo_keys, feats):
                 found[k] = row
-            self._store(folder, space, todo_keys, feats, bytes_per_image * len(todo_keys), label)
+            self._store(folder, space, todo_keys, feats, label)
         return torch.stack([found[k] for k in keys])
 
-    def _store(self, folder: str, space: Dict[str, Any], keys: List[str], feats: Tensor, nbytes: int,
-               label: str) -> None:
+    def _store(self, folder: str, space: Dict[str, Any], keys: List[str], feats: Tensor, label: str) -> None:
         os.makedirs(osp.join(folder, "shards"), exist_ok=True)
         used = _folder_bytes(self.root)
-        if used + max(nbytes, feats.numel() * feats.element_size()) > self.max_bytes:
+        nbytes = feats.numel() * feats.element_size()
+        if used + nbytes > self.max_bytes:
             print(f"Note: {label} features ({nbytes / 2**30:.2f} GiB) do not fit the feature cache "
                   f"({used / 2**30:.2f} of {self.max_bytes / 2**30:.2f} GiB used, TRAINER.FEATURES.MAX_GB); "
                   f"computing them for this run only")

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from fsclip.engine.optim import adamw
+
 
 def cache_keys_from_views(view_features: Tensor) -> Tensor:
     """[NK, V, D] per-view features -> [NK, D] keys: mean over views of normalised features,
@@ -124,8 +126,8 @@ def fit_cache_adapter(adapter: CacheAdapter, view_features: Tensor, labels: Tens
         per_epoch = math.ceil(n / bs)
         steps = int(tcfg.EPOCHS) * per_epoch
         gen = torch.Generator().manual_seed(seed)
-        opt = torch.optim.AdamW([adapter.keys], lr=float(tcfg.LR), eps=float(tcfg.EPS),
-                                weight_decay=float(tcfg.WEIGHT_DECAY))
+        opt = adamw([adapter.keys], lr=float(tcfg.LR), eps=float(tcfg.EPS),
+                    weight_decay=float(tcfg.WEIGHT_DECAY))
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
         order: list = []
         train_y = labels.to(device)

@@ -136,8 +136,6 @@ class FrozenFeatureTrainer(TrainerX):
             "backbone": self.backbone_id, "trunk": trunk_kind(self.visual), "transform": describe_transform(transform),
             "views": views, "view_seed": seed, "dtype": fc.DTYPE, "prec": str(next(self.visual.parameters()).dtype),
         }
-        with torch.no_grad():
-            per_image = views * int(torch.tensor(self._trunk_shape()).prod()) * store_dtype.itemsize
         root = osp.abspath(osp.expanduser(self.cfg.DATASET.ROOT)) if self.cfg.DATASET.ROOT else ""
 
         def compute(paths) -> Tensor:
@@ -146,16 +144,9 @@ class FrozenFeatureTrainer(TrainerX):
                 int(fc.BATCH_SIZE), self.cfg.DATALOADER.NUM_WORKERS, self.device, store_dtype, root,
                 desc=f"G(x) on {split} ({len(paths)} images x {views} views)")
 
-        feats = self.cache.get(space, impaths, compute, per_image, label=split)
+        feats = self.cache.get(space, impaths, compute, label=split)
         self._features[split] = feats
         return feats
-
-    def _trunk_shape(self) -> tuple:
-        if not hasattr(self, "_trunk_shape_cache"):
-            size = tuple(self.cfg.INPUT.SIZE)
-            probe = torch.zeros(1, 3, *size, device=self.device)
-            self._trunk_shape_cache = tuple(trunk_forward(self.visual, probe).shape[1:])
-        return self._trunk_shape_cache
 
     @torch.no_grad()
     def pooled(self, head: torch.nn.Module, dense: Tensor, batch_size: int = 256) -> Tensor:

@@ -45,9 +45,9 @@ def build_optimizer(model: Union[nn.Module, Iterable], optim_cfg, param_groups: 
         else:
             param_groups = model.parameters() if isinstance(model, nn.Module) else model
     if name == "adam":
-        return torch.optim.Adam(param_groups, lr=lr, weight_decay=wd, betas=betas)
+        return fused_if_possible(torch.optim.Adam, param_groups, lr=lr, weight_decay=wd, betas=betas)
     if name == "amsgrad":
-        return torch.optim.Adam(param_groups, lr=lr, weight_decay=wd, betas=betas, amsgrad=True)
+        return fused_if_possible(torch.optim.Adam, param_groups, lr=lr, weight_decay=wd, betas=betas, amsgrad=True)
     if name == "sgd":
         return torch.optim.SGD(param_groups, lr=lr, momentum=optim_cfg.MOMENTUM, weight_decay=wd,
                                dampening=optim_cfg.SGD_DAMPNING, nesterov=optim_cfg.SGD_NESTEROV)
@@ -56,7 +56,26 @@ def build_optimizer(model: Union[nn.Module, Iterable], optim_cfg, param_groups: 
                                    alpha=optim_cfg.RMSPROP_ALPHA)
     if name == "radam":
         return torch.optim.RAdam(param_groups, lr=lr, weight_decay=wd, betas=betas)
-    return torch.optim.AdamW(param_groups, lr=lr, weight_decay=wd, betas=betas)
+    return fused_if_possible(torch.optim.AdamW, param_groups, lr=lr, weight_decay=wd, betas=betas)
+
+
+def fused_if_possible(optim_cls: type, params: Iterable, **kwargs: Any) -> torch.optim.Optimizer:
+    """``optim_cls(params, fused=True, **kwargs)`` where torch has a fused kernel for these
+    parameters (CUDA; CPU since torch 2.4), else the default implementation.
+
+    Same update rule either way. For Adam/AdamW over a CLIP pooling head (15M parameters) the
+    fused kernel makes the optimizer step about 5x faster on a CPU.
+    """
+    params = list(params)
+    try:
+        return optim_cls(params, fused=True, **kwargs)
+    except (RuntimeError, TypeError, ValueError):  # no fused kernel for this torch/device/dtype
+        return optim_cls(params, **kwargs)
+
+
+def adamw(params: Iterable, **kwargs: Any) -> torch.optim.AdamW:
+    """``torch.optim.AdamW`` with the fused kernel where available (see ``fused_if_possible``)."""
+    return fused_if_possible(torch.optim.AdamW, params, **kwargs)
 
 
 class _WarmupScheduler(LRScheduler):
