@@ -123,6 +123,15 @@ class BenchmarkDataset(DatasetBase):
     label_subset: Optional[List[int]] = None
 
     @classmethod
+    def extend_cfg(cls, cfg) -> None:
+        """Add DATASET.FEWSHOT_DIR (idempotent)."""
+        if "FEWSHOT_DIR" not in cfg.DATASET:
+            # Folder of the few-shot split files (shot_N-seed_S.json). "": <dataset folder>/
+            # split_fewshot, where CoOp keeps them; else <FEWSHOT_DIR>/<dataset folder name>/
+            # (for datasets on read-only storage)
+            cfg.DATASET.FEWSHOT_DIR = ""
+
+    @classmethod
     def section(cls) -> str:
         """The DATASETS.md anchor for this dataset (its heading is the class name)."""
         return cls.__name__.lower()
@@ -147,7 +156,12 @@ class BenchmarkDataset(DatasetBase):
             raise self.error(root, "DATASET.ROOT (--root) is not a folder")
         self.dataset_dir = osp.join(root, folder)
         self.require_dir(self.dataset_dir, "dataset folder not found")
-        self.split_fewshot_dir = osp.join(self.dataset_dir, "split_fewshot")
+        fewshot_root = cfg.DATASET.get("FEWSHOT_DIR", "")
+        if fewshot_root:
+            fewshot_root = osp.abspath(osp.expanduser(fewshot_root))
+            self.split_fewshot_dir = osp.join(fewshot_root, osp.basename(osp.normpath(self.dataset_dir)))
+        else:
+            self.split_fewshot_dir = osp.join(self.dataset_dir, "split_fewshot")
         return self.dataset_dir
 
     def require_dir(self, path: str, problem: str = "folder not found") -> str:
@@ -190,7 +204,8 @@ class BenchmarkDataset(DatasetBase):
             )
         except PermissionError as err:
             raise self.error(self.split_fewshot_dir, f"cannot write the few-shot cache ({err}); "
-                             "make the folder writable or put the cached JSON there") from None
+                             "make the folder writable, or set DATASET.FEWSHOT_DIR to a writable "
+                             "folder for the split files") from None
         train, val, test = subsample_classes(
             train, val, test, subsample=cfg.DATASET.SUBSAMPLE_CLASSES
         )

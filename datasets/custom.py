@@ -41,6 +41,7 @@ class Custom(BenchmarkDataset):
     @classmethod
     def extend_cfg(cls, cfg) -> None:
         """Add DATASET.CUSTOM_DIR and DATASET.CUSTOM_SPLIT (idempotent)."""
+        super().extend_cfg(cfg)
         if "CUSTOM_DIR" not in cfg.DATASET:
             # Folder of the custom dataset, under DATASET.ROOT or absolute
             cfg.DATASET.CUSTOM_DIR = ""

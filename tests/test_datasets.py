@@ -785,3 +785,33 @@ def test_two_processes_building_the_same_split_leave_one_valid_json(tmp_path):
             data = json.load(f)  # one valid file, no temporary file left behind
         assert [osp.join(image_dir, row[0]) for row in data["train"]] == want["train"]
         assert [osp.join(image_dir, row[0]) for row in data["val"]] == want["val"]
+
+
+def test_fewshot_dir_keeps_split_files_out_of_the_data_folder(tmp_path, capsys):
+    data, splits = tmp_path / "data", tmp_path / "splits"
+    make_split_tree(str(data), "EuroSAT")
+    before = sorted(p for p in data.rglob("*"))
+    first = build("eurosat", str(data), shots=2, seed=3, opts=("DATASET.FEWSHOT_DIR", str(splits)))
+    assert sorted(p for p in data.rglob("*")) == before  # nothing written beside the images
+    saved = splits / "eurosat" / "shot_2-seed_3.json"
+    assert saved.is_file()
+    capsys.readouterr()
+    again = build("eurosat", str(data), shots=2, seed=3, opts=("DATASET.FEWSHOT_DIR", str(splits)))
+    assert f"Loading preprocessed few-shot data from {saved}" in capsys.readouterr().out
+    assert [d.impath for d in again.train_x] == [d.impath for d in first.train_x]
+    assert [d.impath for d in again.val] == [d.impath for d in first.val]
+    # and the picks equal the default place's (same algorithm, same seed)
+    default = build("eurosat", str(data), shots=2, seed=3)
+    assert [d.impath for d in default.train_x] == [d.impath for d in first.train_x]
+
+
+def test_unwritable_fewshot_cache_names_the_fewshot_dir_option(tmp_path, monkeypatch):
+    import fsclip.datasets.common as common
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    make_split_tree(str(tmp_path), "EuroSAT")
+    monkeypatch.setattr(common, "load_or_create_fewshot", denied)
+    with pytest.raises(DatasetError, match="DATASET.FEWSHOT_DIR"):
+        build("eurosat", str(tmp_path), shots=2)
