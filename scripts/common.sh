@@ -93,20 +93,23 @@ fewshot_eval() {
 }
 
 # fewshot_ood TRAINER [CFG] [KEY VALUE ...]
-#   Trains on ImageNet with 16 shots (seeds as above), then evaluates each model on
-#   ImageNet-V2, -Sketch, -A and -R.
+#   Trains on ${OOD_SOURCE:-imagenet} with ${OOD_SHOTS:-16} shots (seeds as above), then
+#   evaluates each model on ${OOD_TARGETS:-imagenetv2 imagenet_sketch imagenet_a imagenet_r}
+#   into ${OUTPUT}/evaluation/TARGET/TRAINER/CFG_SHOTSshots_from_SOURCE/seedS. On the kit:
+#   OOD_SOURCE=synth_shapes OOD_TARGETS=synth_shapes_sketch OOD_SHOTS=4 bash scripts/safe/ood.sh micro_rn
 fewshot_ood() {
     local trainer=$1 cfg=${2:-rn50}
     shift $(( $# < 2 ? $# : 2 ))
-    fewshot_main "$trainer" imagenet 16 "$cfg" "$@"
+    local source=${OOD_SOURCE:-imagenet} shots=${OOD_SHOTS:-16}
+    fewshot_main "$trainer" "$source" "$shots" "$cfg" "$@"
     local target seed out base
     for target in ${OOD_TARGETS:-imagenetv2 imagenet_sketch imagenet_a imagenet_r}; do
-        base="${OUTPUT}/evaluation/${target}/${trainer}/${cfg}_16shots_from_imagenet"
+        base="${OUTPUT}/evaluation/${target}/${trainer}/${cfg}_${shots}shots_from_${source}"
         for seed in ${SEEDS:-1 2 3}; do
             out="${base}/seed${seed}"
             start_run "$out" test || continue
             train_run "$trainer" "$target" "$cfg" "$seed" "$out" \
-                --model-dir "${OUTPUT}/imagenet/${trainer}/${cfg}_16shots/seed${seed}" --eval-only "$@"
+                --model-dir "${OUTPUT}/${source}/${trainer}/${cfg}_${shots}shots/seed${seed}" --eval-only "$@"
         done
         $PYTHON parse_test_res.py "$base" --test-log
     done

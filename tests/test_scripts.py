@@ -59,3 +59,21 @@ def test_main_sh_runs_every_seed_then_skips_finished_and_redoes_crashed_runs(env
     assert "Finish training" in final
     acc = re.findall(r"^\* accuracy: ([\d.]+)%$", final, re.M)[-1]
     assert acc == re.findall(r"^\* accuracy: ([\d.]+)%$", logs["seed2"], re.M)[-1]  # same run, same result
+
+
+def test_ood_sh_trains_on_the_source_and_evaluates_each_seed_on_the_target(env):
+    """The distribution-shift script on the kit: SynthShapes 1-shot -> SynthShapesSketch."""
+    ood_env = dict(env, OOD_SOURCE="synth_shapes", OOD_SHOTS="1", OOD_TARGETS="synth_shapes_sketch")
+    proc = subprocess.run(
+        ["bash", "scripts/tip_adapter/ood.sh", "micro_rn", "TRAINER.FEATURES.CACHE_DIR", env["FSCLIP_FEATURE_CACHE"]],
+        cwd=REPO, env=ood_env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    base = osp.join(env["OUTPUT"], "evaluation", "synth_shapes_sketch", "TipAdapter", "micro_rn_1shots_from_synth_shapes")
+    assert sorted(os.listdir(base)) == ["seed1", "seed2"]
+    for seed in ("seed1", "seed2"):
+        log = open(osp.join(base, seed, "log.txt"), encoding="utf-8").read()
+        model_dir = osp.join(env["OUTPUT"], "synth_shapes", "TipAdapter", "micro_rn_1shots", seed)
+        assert f"model_dir: {model_dir}" in log and "eval_only: True" in log
+        assert "Loading dataset: SynthShapesSketch" in log and re.search(r"^=> result$", log, re.M)
+    # the parsed summary over both seeds comes last, from the target's folder
+    assert proc.stdout.rstrip().endswith("===") and f"Summary of directory: {base}" in proc.stdout
