@@ -153,8 +153,17 @@ def print_args(args, cfg) -> None:
     print(cfg)
 
 
+def engine_description(backend: str) -> str:
+    """The log line that says which engine runs the trainers (FSCLIP_BACKEND)."""
+    if backend == "dassl":
+        import dassl
+
+        return f"Dassl ({osp.dirname(osp.abspath(dassl.__file__))}; FSCLIP_BACKEND=dassl or auto)"
+    return "fsclip's bundled Dassl-compatible engine (fsclip.engine)"
+
+
 def run(args) -> Optional[float]:
-    from fsclip.backend import build_trainer
+    from fsclip.backend import BACKEND, build_trainer
     from fsclip.engine.logger import collect_env_info, setup_logger
     from fsclip.engine.utils import set_random_seed
 
@@ -169,6 +178,7 @@ def run(args) -> Optional[float]:
     print_args(args, cfg)
     print("Collecting env info ...")
     print(f"** System info **\n{collect_env_info()}\n")
+    print(f"Engine: {engine_description(BACKEND)}")
 
     trainer = build_trainer(cfg)
     if args.eval_only:

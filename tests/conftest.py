@@ -38,7 +38,7 @@ def make_toy_tree(root: str, n_train: int = 6, n_val: int = 3, n_test: int = 4, 
     return base
 
 
-if "ToyImages" not in DATASET_REGISTRY:
+if "ToyImages" not in DATASET_REGISTRY.registered_names():
 
     @DATASET_REGISTRY.register()
     class ToyImages(DatasetBase):

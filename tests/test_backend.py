@@ -85,6 +85,7 @@ def test_forcing_dassl_without_it_is_a_clear_error(tmp_path):
     assert res.returncode != 0 and "FSCLIP_BACKEND='maybe' is not valid" in res.stderr
 
 
+@pytest.mark.skipif(bool(os.environ.get("FSCLIP_BACKEND")), reason="FSCLIP_BACKEND is set")
 def test_default_backend_here_is_bundled():
     import fsclip.backend as b
     assert b.BACKEND == "bundled"

@@ -35,7 +35,7 @@ class MyPixelProbe(TrainerX):
         self.register_model("model", self.model, self.optim, self.sched)
 
     def forward_backward(self, batch):
-        x, y = self.parse_batch_train(batch)
+        x, y, _ = self.parse_batch_train(batch)  # input, label, domain (as in Dassl)
         loss = F.cross_entropy(self.model(x), y)
         self.model_backward_and_update(loss)
         if self.batch_idx + 1 == self.num_batches:
@@ -93,6 +93,9 @@ def test_user_trainer_file_trains_and_evaluates_through_train_py(tmp_path):
     log = (out / "log.txt").read_text()
     assert "Setting fixed seed: 1" in res.stdout
     assert "HIDDEN: 12" in log  # command-line opts win over the method yaml
+    from fsclip.backend import BACKEND  # the log says which engine ran (same environment here)
+
+    assert ("Engine: Dassl (" if BACKEND == "dassl" else "Engine: fsclip's bundled") in log
     assert "Finish training" in log and "* accuracy:" in log.split("Finish training")[1]
     assert (out / "model" / "model.pth.tar-2").exists()
     # eval-only from the saved model reports the same accuracy as the final test

@@ -83,17 +83,23 @@ EVALUATOR_REGISTRY = Registry("EVALUATOR")
 def build_trainer(cfg: Any) -> Any:
     """Instantiate the trainer named ``cfg.TRAINER.NAME``."""
     check_availability(cfg.TRAINER.NAME, TRAINER_REGISTRY.registered_names())
+    if cfg.VERBOSE:
+        print(f"Loading trainer: {cfg.TRAINER.NAME}")
     return TRAINER_REGISTRY.get(cfg.TRAINER.NAME)(cfg)
 
 
 def build_dataset(cfg: Any) -> Any:
     """Instantiate the dataset named ``cfg.DATASET.NAME``."""
     check_availability(cfg.DATASET.NAME, DATASET_REGISTRY.registered_names())
+    if cfg.VERBOSE:
+        print(f"Loading dataset: {cfg.DATASET.NAME}")
     return DATASET_REGISTRY.get(cfg.DATASET.NAME)(cfg)
 
 
 def build_evaluator(cfg: Any, **kwargs: Any) -> Any:
     check_availability(cfg.TEST.EVALUATOR, EVALUATOR_REGISTRY.registered_names())
+    if cfg.VERBOSE:
+        print(f"Loading evaluator: {cfg.TEST.EVALUATOR}")
     return EVALUATOR_REGISTRY.get(cfg.TEST.EVALUATOR)(cfg, **kwargs)
 
 

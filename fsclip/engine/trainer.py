@@ -321,5 +321,6 @@ class TrainerX(SimpleTrainer):
             self.write_scalar("train/lr", self.get_current_lr(), n_iter)
             end = time.time()
 
-    def parse_batch_train(self, batch) -> Tuple[torch.Tensor, torch.Tensor]:
-        return batch["img"].to(self.device), batch["label"].to(self.device)
+    def parse_batch_train(self, batch) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(input, label, domain)`` on the device, as Dassl's TrainerX returns them."""
+        return batch["img"].to(self.device), batch["label"].to(self.device), batch["domain"].to(self.device)
