@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import os.path as osp
+import subprocess
 
 import pytest
 import torch
@@ -63,6 +64,17 @@ if "ToyImages" not in DATASET_REGISTRY.registered_names():
                     train, val, cfg.DATASET.NUM_SHOTS, cfg.SEED,
                     osp.join(base, "split_fewshot"), image_dir)
             super().__init__(train_x=train, val=val, test=test)
+
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+
+
+def run_script(env: dict, script: str, *args: str, timeout: int = 600) -> str:
+    """``bash scripts/<script> args...`` from the repository root; its stdout (fails on exit != 0)."""
+    proc = subprocess.run(["bash", osp.join("scripts", script), *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
 
 
 def set_opts(cfg, **opts):

@@ -66,19 +66,23 @@ def run(trainer: str, dataset: str, root: str, cache: str, out: str, seed: int, 
     return float(re.search(r"^\* accuracy: ([\d.]+)%$", tail, re.M).group(1))
 
 
-@pytest.fixture(scope="module")
-def results(kit_root, cache_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("learn_out")
+def learning_table(kit_cfg: str, methods, root: str, cache: str, out) -> dict:
+    """{(dataset, "ZeroShot" or method): accuracy}; a method's is its mean over SEEDS. Zero-shot
+    uses the same prompts the methods use (the ensemble) and does not depend on the seed."""
     table = {}
     for dataset in DATASETS:
-        # zero-shot with the same prompts the methods use (the ensemble)
-        table[(dataset, "ZeroShot")] = run("ZeroshotCLIP2", dataset, kit_root, cache_dir, str(out / dataset / "zs"), 1)
-        for m in METHODS:
-            accs = [run(m, dataset, kit_root, cache_dir, str(out / dataset / m / f"seed{s}"), s) for s in SEEDS]
+        table[(dataset, "ZeroShot")] = run("ZeroshotCLIP2", dataset, root, cache, str(out / dataset / "zs"), 1, kit_cfg)
+        for m in methods:
+            accs = [run(m, dataset, root, cache, str(out / dataset / m / f"seed{s}"), s, kit_cfg) for s in SEEDS]
             table[(dataset, m)] = sum(accs) / len(accs)
-            print(f"{dataset:15s} {m:12s} seeds {SEEDS}: " + " ".join(f"{a:5.1f}" for a in accs))
-    print("\n" + "\n".join(f"{d:15s} {m:12s} {a:5.1f}%" for (d, m), a in sorted(table.items())))
+            print(f"{kit_cfg} {dataset:15s} {m:12s} seeds {SEEDS}: " + " ".join(f"{a:5.1f}" for a in accs))
+    print("\n" + "\n".join(f"{kit_cfg} {d:15s} {m:12s} {a:5.1f}%" for (d, m), a in sorted(table.items())))
     return table
+
+
+@pytest.fixture(scope="module")
+def results(kit_root, cache_dir, tmp_path_factory):
+    return learning_table("micro_rn", METHODS, kit_root, cache_dir, tmp_path_factory.mktemp("learn_out"))
 
 
 @pytest.mark.parametrize("dataset", DATASETS)
@@ -96,17 +100,7 @@ def test_safe_a_at_least_tip_adapter_f(results, dataset):
 @pytest.fixture(scope="module")
 def vit_results(kit_root, cache_dir, tmp_path_factory):
     """SAFE on MicroViT: the ViT path, where the last transformer block is the pooling head."""
-    out = tmp_path_factory.mktemp("learn_out_vit")
-    table = {}
-    for dataset in DATASETS:
-        table[(dataset, "ZeroShot")] = run("ZeroshotCLIP2", dataset, kit_root, cache_dir, str(out / dataset / "zs"), 1,
-                                           "micro_vit")
-        accs = [run("SAFE", dataset, kit_root, cache_dir, str(out / dataset / f"seed{s}"), s, "micro_vit")
-                for s in SEEDS]
-        table[(dataset, "SAFE")] = sum(accs) / len(accs)
-        print(f"MicroViT {dataset:15s} zero-shot {table[(dataset, 'ZeroShot')]:5.1f}, SAFE seeds {SEEDS}: "
-              + " ".join(f"{a:5.1f}" for a in accs))
-    return table
+    return learning_table("micro_vit", ["SAFE"], kit_root, cache_dir, tmp_path_factory.mktemp("learn_out_vit"))
 
 
 @pytest.mark.parametrize("dataset", DATASETS)

@@ -6,14 +6,12 @@ from __future__ import annotations
 import os
 import os.path as osp
 import re
-import subprocess
 import sys
 
 import pytest
+from conftest import run_script
 
 from fsclip.clip.loader import kit_model_names
-
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 pytestmark = pytest.mark.skipif("MicroRN" not in kit_model_names(), reason="kit weights missing")
 
@@ -27,12 +25,8 @@ def env(tmp_path_factory):
 
 
 def main_sh(env: dict) -> str:
-    proc = subprocess.run(
-        ["bash", "scripts/tip_adapter/main.sh", "synth_shapes", "1", "micro_rn",
-         "TRAINER.FEATURES.CACHE_DIR", env["FSCLIP_FEATURE_CACHE"]],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    return proc.stdout
+    return run_script(env, "tip_adapter/main.sh", "synth_shapes", "1", "micro_rn",
+                      "TRAINER.FEATURES.CACHE_DIR", env["FSCLIP_FEATURE_CACHE"])
 
 
 def test_main_sh_runs_every_seed_then_skips_finished_and_redoes_crashed_runs(env):
@@ -64,10 +58,8 @@ def test_main_sh_runs_every_seed_then_skips_finished_and_redoes_crashed_runs(env
 def test_ood_sh_trains_on_the_source_and_evaluates_each_seed_on_the_target(env):
     """The distribution-shift script on the kit: SynthShapes 1-shot -> SynthShapesSketch."""
     ood_env = dict(env, OOD_SOURCE="synth_shapes", OOD_SHOTS="1", OOD_TARGETS="synth_shapes_sketch")
-    proc = subprocess.run(
-        ["bash", "scripts/tip_adapter/ood.sh", "micro_rn", "TRAINER.FEATURES.CACHE_DIR", env["FSCLIP_FEATURE_CACHE"]],
-        cwd=REPO, env=ood_env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    stdout = run_script(ood_env, "tip_adapter/ood.sh", "micro_rn", "TRAINER.FEATURES.CACHE_DIR",
+                        env["FSCLIP_FEATURE_CACHE"])
     base = osp.join(env["OUTPUT"], "evaluation", "synth_shapes_sketch", "TipAdapter", "micro_rn_1shots_from_synth_shapes")
     assert sorted(os.listdir(base)) == ["seed1", "seed2"]
     for seed in ("seed1", "seed2"):
@@ -76,4 +68,4 @@ def test_ood_sh_trains_on_the_source_and_evaluates_each_seed_on_the_target(env):
         assert f"model_dir: {model_dir}" in log and "eval_only: True" in log
         assert "Loading dataset: SynthShapesSketch" in log and re.search(r"^=> result$", log, re.M)
     # the parsed summary over both seeds comes last, from the target's folder
-    assert proc.stdout.rstrip().endswith("===") and f"Summary of directory: {base}" in proc.stdout
+    assert stdout.rstrip().endswith("===") and f"Summary of directory: {base}" in stdout
