@@ -113,6 +113,18 @@ def toy_cfg(toy_root, tmp_path):
     return cfg
 
 
+@pytest.fixture(scope="session")
+def kit_root(tmp_path_factory):
+    """DATASET.ROOT of the offline kit's synthetic benchmark, generated once per test session."""
+    return str(tmp_path_factory.mktemp("kit_data"))
+
+
+@pytest.fixture(scope="session")
+def kit_cache(tmp_path_factory):
+    """A feature cache shared by every kit run of the test session."""
+    return str(tmp_path_factory.mktemp("kit_features"))
+
+
 @pytest.fixture(autouse=True)
 def _restore_stdout():
     """setup_logger replaces sys.stdout; put the original back after each test."""
