@@ -13,6 +13,7 @@ Command line (``parse_test_res.py`` and ``fsclip-parse``), CoOp's arguments plus
     parse_test_res.py DIR --multi-exp      # every sub-folder of DIR is one experiment
     parse_test_res.py DIR --keyword macro_f1
     parse_test_res.py output --table       # a method x shots table per dataset
+    parse_test_res.py BASE --base2new NEW  # CoCoOp's base-to-new: base, new, harmonic mean
 
 The standard deviation is the population one (numpy's default, as CoOp). ``--table`` reads
 every run below DIR laid out as ``<dataset>/<Trainer>/<cfg>_<N>shots/[...]/seed<S>`` (runs
@@ -180,6 +181,33 @@ def report_multi_exp(directory: str, keyword: str = "accuracy", test_log: Option
     return average, every
 
 
+def harmonic_mean(base: float, new: float) -> float:
+    """CoCoOp's H = 2 * base * new / (base + new) (0 when both are 0)."""
+    return 2 * base * new / (base + new) if base + new > 0 else 0.0
+
+
+def report_base2new(base_dir: str, new_dir: str, keyword: str = "accuracy", ci95: bool = False,
+                    out: Callable[[str], None] = print) -> Optional[Tuple[float, float, float]]:
+    """CoCoOp's base-to-new summary: the runs of ``base_dir`` (trained on the base classes and
+    tested on them) and of ``new_dir`` (the same models evaluated on the new classes, eval-only
+    logs), each as :func:`report_dir` prints it, then ``* base``, ``* new`` and ``* H`` lines.
+
+    H is the harmonic mean of the two mean accuracies (as CoCoOp reports it). Returns
+    ``(base, new, H)``, or None when either side has no result.
+    """
+    base, _, _ = report_dir(base_dir, keyword, None, ci95, out)
+    new, _, _ = report_dir(new_dir, keyword, None, ci95, out)
+    if base is None or new is None:
+        out("Base-to-new: " + ("no base result" if base is None else "no new result"))
+        return None
+    h = harmonic_mean(base, new)
+    out("=== base-to-new")
+    out(f"* base: {base:.2f}%")
+    out(f"* new: {new:.2f}%")
+    out(f"* H: {h:.2f}%")
+    return base, new, h
+
+
 # ------------------------------------------------------------------------- results tree
 @dataclass
 class RunRecord:
@@ -309,6 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--table", action="store_true",
                         help="method x shots tables for an output/<dataset>/<Trainer>/"
                              "<cfg>_<N>shots/.../seed<S> tree")
+    parser.add_argument("--base2new", metavar="NEW_DIR", default="",
+                        help="DIR holds runs trained and tested on the base classes, NEW_DIR the "
+                             "same runs evaluated on the new classes: print base, new and H")
     parser.add_argument("--tablefmt", default="github", help="tabulate format for tables")
     parser.add_argument("--strict", action="store_true",
                         help="exit with status 1 when a run has no result")
@@ -319,6 +350,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     test_log: Optional[bool] = args.test_log
     try:
+        if args.base2new:
+            summary = report_base2new(args.directory, args.base2new, args.keyword, args.ci95)
+            return 1 if summary is None else 0
         if args.table:
             records = collect_runs(args.directory, args.keyword, True if args.test_log else None)
             if not records:

@@ -213,3 +213,17 @@ def test_matches_the_evaluator_output(tmp_path, capsys):
     (tmp_path / "seed1" / "log.txt").write_text(capsys.readouterr().out)
     [result] = parse_dir(str(tmp_path))
     assert isinstance(result, RunResult) and result.value == pytest.approx(66.7)
+
+
+def test_base2new_reports_base_new_and_harmonic_mean(tmp_path):
+    for seed, (b, n) in enumerate([(80.0, 60.0), (82.0, 64.0)], start=1):
+        write_log(tmp_path / "base" / f"seed{seed}", acc=b)
+        write_log(tmp_path / "new" / f"seed{seed}", acc=n, eval_only=True)
+    code, out = run_main([str(tmp_path / "base"), "--base2new", str(tmp_path / "new")])
+    assert code == 0
+    h = 2 * 81.0 * 62.0 / (81.0 + 62.0)
+    assert out.splitlines()[-3:] == ["* base: 81.00%", "* new: 62.00%", f"* H: {h:.2f}%"]
+    # a side without results: no H, exit 1
+    write_log(tmp_path / "empty" / "seed1", acc=None, finished=False)
+    code, out = run_main([str(tmp_path / "base"), "--base2new", str(tmp_path / "empty")])
+    assert code == 1 and "* H:" not in out and "no new result" in out
