@@ -61,25 +61,11 @@ class TipAdapter(FrozenFeatureTrainer):
         """Eq. 5/7: the frozen pooled feature AttnPool_O(G(x)), [B, D]."""
         return self.head_o(dense.float())
 
-    def view_features(self) -> Tensor:
-        """Pooled features of every training view: [NK, V, D]."""
-        train = self.features("train")
-        n, v = train.shape[:2]
-        head = self.image_features
-        with torch.no_grad():
-            pooled = torch.cat([head(train[i:i + 64].flatten(0, 1).to(self.device))
-                                for i in range(0, n, 64)])
-        return pooled.reshape(n, v, -1)
-
     def fit(self) -> None:
-        val_dense = self.features("val")[:, 0]
-        with torch.no_grad():
-            val_feats = torch.cat([self.image_features(val_dense[i:i + 256].to(self.device))
-                                   for i in range(0, val_dense.shape[0], 256)])
         out = fit_cache_adapter(
-            self.adapter, self.view_features(), self.labels("train"), val_feats, self.labels("val"),
-            self.text_weights, self.logit_scale, self.cfg.TRAINER.TIP, finetune=self.finetune_keys,
-            seed=max(self.cfg.SEED, 0))
+            self.adapter, self.global_features("train"), self.labels("train"), self.global_features("val"),
+            self.labels("val"), self.text_weights, self.logit_scale, self.cfg.TRAINER.TIP,
+            finetune=self.finetune_keys, seed=max(self.cfg.SEED, 0))
         self.log_choice(type(self).__name__, alpha=out["alpha"], gamma=out["gamma"], val_accuracy=out["val_acc"])
         self.save_model(0, self.output_dir, val_result=out["val_acc"], model_name="model-best.pth.tar")
 

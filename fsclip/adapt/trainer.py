@@ -92,6 +92,7 @@ class FrozenFeatureTrainer(TrainerX):
         self.backbone_id = fingerprint_tensors(self.visual.state_dict())
         self._test_allowed = False
         self._features: dict = {}
+        self._global: dict = {}
         self.build_method()
         n = sum(count_num_param(m) for m in self._models.values())
         print(f"# trainable params of {type(self).__name__}: {n:,}")
@@ -155,6 +156,18 @@ class FrozenFeatureTrainer(TrainerX):
         out = [head(dense[i:i + batch_size].to(self.device).float()).float()
                for i in range(0, dense.shape[0], batch_size)]
         return torch.cat(out)
+
+    def global_features(self, split: str) -> Tensor:
+        """CLIP's own image features ``AttnPool_O(G(x))`` of ``split`` (unnormalised, float32 on the
+        device): ``[N, V, D]`` for train (every cached view), ``[N, D]`` otherwise. Computed once
+        per run from the cached trunk output and kept (every method on frozen global features
+        reads them here)."""
+        if split not in self._global:
+            dense = self.features(split)
+            n, v = dense.shape[:2]
+            pooled = self.pooled(self.head_o, dense.flatten(0, 1))  # [N * V, D]
+            self._global[split] = pooled.reshape(n, v, -1) if split == "train" else pooled
+        return self._global[split]
 
     def clip_logits(self, features: Tensor) -> Tensor:
         """``logit_scale * normalize(f) @ W_c^T``: ``[B, D] -> [B, K]``."""
