@@ -17,6 +17,7 @@ from typing import List, Optional, Sequence
 import torch
 
 from fsclip.errors import ConfigError, UserFacingError
+from fsclip.protocol import add_protocol_cfg, resolve_max_epoch
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,6 +77,7 @@ def extend_cfg(cfg) -> None:
         cfg.DATASET.SUBSAMPLE_CLASSES = "all"
     if "CACHE_DIR" not in cfg.MODEL.BACKBONE:
         cfg.MODEL.BACKBONE.CACHE_DIR = ""
+    add_protocol_cfg(cfg)
     datasets_pkg = importlib.import_module("fsclip.datasets")
     if hasattr(datasets_pkg, "extend_cfg"):
         datasets_pkg.extend_cfg(cfg)
@@ -137,6 +139,7 @@ def setup_cfg(args):
             cfg.merge_from_list(args.opts)
         except (KeyError, ValueError, AssertionError) as err:
             raise ConfigError(f"Invalid command-line option: {err}") from None
+    resolve_max_epoch(cfg, explicit="OPTIM.MAX_EPOCH" in (args.opts or [])[::2])
     cfg.freeze()
     return cfg
 

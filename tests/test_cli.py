@@ -11,6 +11,7 @@ import textwrap
 import pytest
 
 from fsclip.cli import build_parser, setup_cfg
+from fsclip.errors import ConfigError
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
@@ -127,3 +128,21 @@ def test_setup_cfg_merge_order_and_seed_flag(tmp_path):
     assert cfg.is_frozen()
     with pytest.raises(Exception, match="KEY VALUE"):
         setup_cfg(build_parser().parse_args(["OPTIM.LR"]))
+
+
+@pytest.mark.parametrize("shots,opts,expected", [
+    (1, [], 50), (2, [], 100), (4, [], 100), (8, [], 200), (16, [], 200), (3, [], 100), (32, [], 200),
+    (4, ["OPTIM.MAX_EPOCH", "7"], 7),  # explicit on the command line wins
+    (0, [], 10),  # no few-shot sampling: MAX_EPOCH unchanged
+])
+def test_epochs_by_shots_sets_max_epoch_after_merging(tmp_path, shots, opts, expected):
+    cfg_file = tmp_path / "m.yaml"
+    cfg_file.write_text("OPTIM:\n  MAX_EPOCH: 10\n  EPOCHS_BY_SHOTS: [[1, 50], [2, 100], [4, 100], [8, 200], [16, 200]]\n")
+    args = build_parser().parse_args(["--config-file", str(cfg_file), "DATASET.NUM_SHOTS", str(shots), *opts])
+    assert setup_cfg(args).OPTIM.MAX_EPOCH == expected
+
+
+def test_epochs_by_shots_is_off_by_default_and_rejects_a_malformed_table():
+    assert setup_cfg(build_parser().parse_args(["DATASET.NUM_SHOTS", "4"])).OPTIM.MAX_EPOCH == 10
+    with pytest.raises(ConfigError, match="EPOCHS_BY_SHOTS"):
+        setup_cfg(build_parser().parse_args(["DATASET.NUM_SHOTS", "4", "OPTIM.EPOCHS_BY_SHOTS", "[[1]]"]))
