@@ -114,3 +114,43 @@ fewshot_ood() {
         $PYTHON parse_test_res.py "$base" --test-log
     done
 }
+
+# base2new_train TRAINER DATASET SHOTS [CFG] [KEY VALUE ...]
+#   CoCoOp's base-to-new protocol, step 1: trains on the base classes (the first half,
+#   DATASET.SUBSAMPLE_CLASSES base) and tests on them, seeds ${SEEDS:-1 2 3}, into
+#   ${OUTPUT}/base2new/train_base/DATASET/TRAINER/CFG_SHOTSshots/seedS (finished runs skipped).
+base2new_train() {
+    local trainer=$1 dataset=${2:?usage: base2new_train.sh DATASET SHOTS [CFG] [KEY VALUE ...]} shots=${3:?usage: base2new_train.sh DATASET SHOTS [CFG] [KEY VALUE ...]}
+    local cfg=${4:-rn50}
+    shift $(( $# < 4 ? $# : 4 ))
+    local seed dir
+    local base="${OUTPUT}/base2new/train_base/${dataset}/${trainer}/${cfg}_${shots}shots"
+    for seed in ${SEEDS:-1 2 3}; do
+        dir="${base}/seed${seed}"
+        start_run "$dir" train || continue
+        train_run "$trainer" "$dataset" "$cfg" "$seed" "$dir" DATASET.NUM_SHOTS "$shots" \
+            DATASET.SUBSAMPLE_CLASSES base "$@"
+    done
+    $PYTHON parse_test_res.py "$base"
+}
+
+# base2new_test TRAINER DATASET SHOTS [CFG] [KEY VALUE ...]
+#   Step 2: evaluates each seed's base-class model on the new classes (the second half,
+#   DATASET.SUBSAMPLE_CLASSES new; eval-only) into
+#   ${OUTPUT}/base2new/test_new/DATASET/TRAINER/CFG_SHOTSshots/seedS, then prints the base and
+#   new summaries and * base, * new, * H (harmonic mean) from parse_test_res.py --base2new.
+base2new_test() {
+    local trainer=$1 dataset=${2:?usage: base2new_test.sh DATASET SHOTS [CFG] [KEY VALUE ...]} shots=${3:?usage: base2new_test.sh DATASET SHOTS [CFG] [KEY VALUE ...]}
+    local cfg=${4:-rn50}
+    shift $(( $# < 4 ? $# : 4 ))
+    local seed out
+    local common="${dataset}/${trainer}/${cfg}_${shots}shots"
+    for seed in ${SEEDS:-1 2 3}; do
+        out="${OUTPUT}/base2new/test_new/${common}/seed${seed}"
+        start_run "$out" test || continue
+        train_run "$trainer" "$dataset" "$cfg" "$seed" "$out" \
+            --model-dir "${OUTPUT}/base2new/train_base/${common}/seed${seed}" --eval-only \
+            DATASET.NUM_SHOTS "$shots" DATASET.SUBSAMPLE_CLASSES new "$@"
+    done
+    $PYTHON parse_test_res.py "${OUTPUT}/base2new/train_base/${common}" --base2new "${OUTPUT}/base2new/test_new/${common}"
+}

@@ -33,6 +33,12 @@ Text encoder (``fsclip.prompting.text_encoder``)::
 runs CLIP's causal text transformer once over the shared prefix (SOT + context) and over the K
 class suffixes attending to the prefix's keys and values, equal to running the K whole prompts
 (``fsclip.clip.text.encode_text_embeddings``, the plain path).
+
+Cached image views for text-only methods (``fsclip.prompting.trainer``):
+``PromptLearningTrainer`` (a ``FrozenFeatureTrainer``) trains text-side parameters on CLIP's
+frozen image features of ``TRAINER.FEATURES.TRAIN_VIEWS`` augmented views per training image,
+read through ``fsclip.adapt``'s feature cache; subclasses (CoOp, CoCoOp, ProGrad, KgCoOp) set
+``cfg_name`` and override ``build_prompt_learner``, ``logits`` or ``forward_backward_features``.
 """
 
 from fsclip._lazy import lazy_getattr
@@ -40,6 +46,7 @@ from fsclip._lazy import lazy_getattr
 _EXPORTS = {
     "TextPromptLearner": "prompt_learner", "POSITIONS": "prompt_learner",
     "encode_shared_prefix": "text_encoder", "shared_prefix_attention": "text_encoder",
+    "PromptLearningTrainer": "trainer", "add_prompt_learner_cfg": "trainer", "add_prompting_cfg": "trainer",
 }
 
 __all__ = sorted(_EXPORTS)
