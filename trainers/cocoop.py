@@ -48,7 +48,7 @@ class ConditionalPromptLearner(TextPromptLearner):
             ("linear1", nn.Linear(vis_dim, vis_dim // 16)),
             ("relu", nn.ReLU(inplace=True)),
             ("linear2", nn.Linear(vis_dim // 16, width)),
-        ])).to(self.ctx.device)
+        ])).to(self.ctx.device)  # initialised on the CPU generator
 
     def conditional_context(self, image_features: Tensor) -> Tensor:
         """v_m(x) = v_m + h_theta(x) for each image: ``[B, D] (normalised) -> [B, M, width]``."""

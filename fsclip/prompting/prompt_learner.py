@@ -82,8 +82,9 @@ class TextPromptLearner(nn.Module):
         else:
             if n_ctx < 1:
                 raise ConfigError(f"N_CTX must be >= 1 (or set CTX_INIT), got {n_ctx}")
-            ctx = torch.empty((len(classnames), n_ctx, width) if csc else (n_ctx, width), device=device)
-            nn.init.normal_(ctx, std=init_std)
+            ctx = torch.empty((len(classnames), n_ctx, width) if csc else (n_ctx, width))
+            nn.init.normal_(ctx, std=init_std)  # on the CPU generator, whatever the device
+            ctx = ctx.to(device)
             self.init_text = " ".join(["X"] * n_ctx)
         self.ctx = nn.Parameter(ctx)
         self.n_ctx, self.n_cls, self.csc, self.position = int(n_ctx), len(classnames), bool(csc), position

@@ -96,7 +96,9 @@ class PromptLearningTrainer(FrozenFeatureTrainer):
         cfg = self.cfg
         if cfg.TEST.FINAL_MODEL not in ("last_step", "best_val"):
             raise ConfigError(f'TEST.FINAL_MODEL must be "last_step" or "best_val", got "{cfg.TEST.FINAL_MODEL}"')
-        self.prompt_learner = self.build_prompt_learner().to(self.device)
+        with torch.random.fork_rng(devices=[]):  # the initialisation depends on SEED alone
+            torch.manual_seed(max(int(cfg.SEED), 0))
+            self.prompt_learner = self.build_prompt_learner().to(self.device)
         self.prompt_learner.share_prefix = bool(cfg.TRAINER.PROMPTING.PREFIX_SHARING)
         print(self.prompt_learner.describe())
         if cfg.MODEL.INIT_WEIGHTS:
