@@ -129,7 +129,7 @@ def plan(runs: Sequence[Run], force: str) -> Tuple[List[Run], List[Run], Dict, L
 
     checked = set()
     for run in runs:
-        key = (run.trainer, run.dataset, _without(run.argv, ("--seed", "--output-dir")))
+        key = (run.trainer, run.dataset, _without(run.argv, ("--seed", "--output-dir", "DATASET.NUM_SHOTS")))
         if key not in checked:
             checked.add(key)
             requested_config(run.argv)  # raises ConfigError for a bad grid
@@ -156,7 +156,7 @@ def plan(runs: Sequence[Run], force: str) -> Tuple[List[Run], List[Run], Dict, L
 
 
 def _without(argv: Sequence[str], flags: Sequence[str]) -> Tuple[str, ...]:
-    """argv without the given flags and their values."""
+    """argv without the given flags (or config keys) and their values."""
     out: List[str] = []
     skip = False
     for a in argv:
