@@ -2,8 +2,9 @@
 
 ``train.py`` records the merged config of every run, training and ``--eval-only`` alike, as
 ``OUTPUT_DIR/config.yaml`` (written atomically when the run starts, next to ``log.txt``; it loads
-back with ``--config-file``). A first comment line ``# run: {...}`` keeps the arguments that are
-not config keys but change the result (``--eval-only``, ``--model-dir``, ``--load-epoch``).
+back with ``--config-file``). A first comment line ``# run: {...}`` keeps what is not a config key
+but changes the result: ``--eval-only``, ``--model-dir``, ``--load-epoch`` and a fingerprint of the
+checkpoints an eval-only run loads (evaluating a model trained again since is another run).
 
 A requested run (``train.py`` arguments for a run folder) is, in that folder:
 
@@ -33,6 +34,7 @@ Command line (what ``scripts/common.sh`` calls; importing torch only when a log 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import os.path as osp
@@ -61,8 +63,11 @@ IGNORED_KEYS = frozenset({
 })
 IGNORED_SUFFIXES = (".CACHE_DIR",)  # MODEL.BACKBONE.CACHE_DIR, TRAINER.FEATURES.CACHE_DIR, ...
 
-# train.py arguments recorded in the ``# run:`` line (they are not config keys)
-RUN_ARGS = ("eval_only", "model_dir", "load_epoch")
+# What the ``# run:`` line records (not config keys), and the names differences are shown with.
+# ``model_checkpoints`` identifies the checkpoints an eval-only run loads (see model_checkpoints):
+# an evaluation of a model trained again since is not the same run.
+RUN_ARGS = {"eval_only": "--eval-only", "model_dir": "--model-dir", "load_epoch": "--load-epoch",
+            "model_checkpoints": "--model-dir checkpoints"}
 
 Flat = Dict[str, Any]
 
@@ -82,15 +87,33 @@ def flatten(tree: Any, prefix: str = "") -> Flat:
     return out
 
 
+def model_checkpoints(model_dir: str) -> str:
+    """A short fingerprint of the checkpoint files in ``model_dir``'s model folders (names, sizes,
+    modification times; "" when there are none): it changes when the model is trained again."""
+    entries = []
+    if model_dir and osp.isdir(model_dir):
+        for sub in sorted(os.listdir(model_dir)):
+            folder = osp.join(model_dir, sub)
+            if not osp.isdir(folder) or sub.startswith("."):
+                continue
+            for name in sorted(os.listdir(folder)):
+                st = os.stat(osp.join(folder, name))
+                entries.append(f"{sub}/{name}|{st.st_size}|{st.st_mtime_ns}")
+    return hashlib.sha256("\n".join(entries).encode()).hexdigest()[:12] if entries else ""
+
+
 def _run_args(args: Any) -> Dict[str, Any]:
     model_dir = getattr(args, "model_dir", "") or ""
-    return {"eval_only": bool(getattr(args, "eval_only", False)),
+    eval_only = bool(getattr(args, "eval_only", False))
+    return {"eval_only": eval_only,
             "model_dir": osp.abspath(model_dir) if model_dir else "",
-            "load_epoch": getattr(args, "load_epoch", None)}
+            "load_epoch": getattr(args, "load_epoch", None),
+            "model_checkpoints": model_checkpoints(model_dir) if eval_only else ""}
 
 
 def _flat_run_args(run: Dict[str, Any]) -> Flat:
-    return {"--" + k.replace("_", "-"): run.get(k) for k in RUN_ARGS}
+    """The recorded run arguments under their flag names (what a record lacks stays absent)."""
+    return {flag: run[key] for key, flag in RUN_ARGS.items() if key in run}
 
 
 def config_text(cfg: Any, args: Any) -> str:

@@ -14,7 +14,7 @@ import pytest
 from fsclip.clip.loader import kit_model_names
 from fsclip.runs import (
     RunState, config_diff, config_path_for_log, config_text, decide, default_flat, flat_config,
-    parse_config_text, read_recorded, requested_config, run_state, set_aside,
+    model_checkpoints, parse_config_text, read_recorded, requested_config, run_state, set_aside,
 )
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -72,6 +72,22 @@ def test_keys_the_run_predates_count_only_when_the_request_moves_them_off_their_
     # eval-only runs: the model they evaluate counts
     assert [str(c) for c in config_diff({"--model-dir": "/o/a"}, {"--model-dir": "/o/b"})] == [
         '--model-dir: "/o/a" -> "/o/b"']
+
+
+def test_an_evaluation_of_a_model_trained_again_is_another_run(tmp_path):
+    model = tmp_path / "train" / "seed1"
+    (model / "model").mkdir(parents=True)
+    (model / "log.txt").write_text("log")
+    (model / "model" / "model.pth.tar-1").write_bytes(b"weights")
+    argv = tip_argv(str(tmp_path / "eval"), root="/d")
+    argv[-2:-2] = ["--eval-only", "--model-dir", str(model)]
+    before = flat_config(*requested_config(argv))
+    assert before["--model-dir checkpoints"] == model_checkpoints(str(model)) != ""
+    (model / "log.txt").write_text("another log")  # logs and configs are not the model
+    assert flat_config(*requested_config(argv)) == before
+    (model / "model" / "model.pth.tar-1").write_bytes(b"new weights")  # trained again
+    assert [c.key for c in config_diff(before, flat_config(*requested_config(argv)))] == [
+        "--model-dir checkpoints"]
 
 
 def test_run_states_and_what_each_force_level_does(tmp_path):

@@ -117,6 +117,32 @@ output: out
         expand(Grid([Method("SAFE", "rn51")], ["synth_shapes"]), registered_trainers(), cwd=REPO)
 
 
+def test_finished_runs_of_another_config_are_listed_once_per_change_and_redone_only_with_force(
+        tmp_path, monkeypatch, capsys):
+    from fsclip.runs import config_text, requested_config
+
+    monkeypatch.chdir(REPO)
+    grid = Grid([Method("TipAdapter", "micro_rn")], ["synth_shapes"], shots=[1], seeds=[1, 2, 3, 4],
+                data="/kit/data", output=str(tmp_path / "output"))
+    runs = expand(grid, registered_trainers(), cwd=REPO)
+    finished = "Finish training\n* accuracy: 50.00%\n"
+    for run, log, opts in ((runs[0], finished, ("TRAINER.TIP.LR", "0.5")), (runs[1], finished, ("TRAINER.TIP.LR", "0.5")),
+                           (runs[2], finished, ()), (runs[3], "Finish training\n", ())):
+        os.makedirs(run.out_dir)
+        open(osp.join(run.out_dir, "log.txt"), "w").write(log)
+        open(osp.join(run.out_dir, "config.yaml"), "w").write(config_text(*requested_config(run.argv + opts)))
+    flags = ["--methods", "TipAdapter:micro_rn", "--datasets", "synth_shapes", "--shots", "1", "--seeds", "1", "2",
+             "3", "4", "--data", "/kit/data", "--output", str(tmp_path / "output"), "--dry-run"]
+    assert sweep_main(flags) == 0
+    out = capsys.readouterr().out
+    assert "Sweep: 4 run(s); 1 finished with the same config (skipped), 1 to run, 2 finished with another config" in out
+    assert "  2 run(s) (synth_shapes/TipAdapter/micro_rn_1shots/seed1, synth_shapes/TipAdapter/micro_rn_1shots/seed2):\n" \
+           "    TRAINER.TIP.LR: 0.5 -> 0.001\n" in out
+    assert out.count("would run") == 1 and "would run synth_shapes/TipAdapter/micro_rn_1shots/seed4" in out
+    assert sweep_main(flags + ["--force"]) == 0
+    assert capsys.readouterr().out.count("would run") == 3
+
+
 def test_workers_get_one_gpu_each_round_robin_and_share_the_cpu_threads():
     envs = worker_envs(3, ["2", "5"], threads=4)
     assert [e["CUDA_VISIBLE_DEVICES"] for e in envs] == ["2", "5", "2"]

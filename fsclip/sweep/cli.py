@@ -17,10 +17,11 @@ import argparse
 import os
 import sys
 from collections import defaultdict
+from dataclasses import replace
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from fsclip.errors import ConfigError, UserFacingError
-from fsclip.sweep.grid import Grid, Method, Run, expand, registered_trainers
+from fsclip.sweep.grid import Grid, Run, expand, registered_trainers
 from fsclip.sweep.local import Interrupted
 
 GRID_EXAMPLE = """\
@@ -112,13 +113,14 @@ def load_grid(args: argparse.Namespace) -> Grid:
                           "NAME ... (or a grid file); see fsclip-sweep -h")
     grid = Grid.from_mapping(spec, where=args.grid or "the command line")
     if args.tag:
-        grid.methods = [m if m.tag else Method(m.trainer, m.cfg, args.tag, m.opts, m.shots) for m in grid.methods]
+        grid.methods = [m if m.tag else replace(m, tag=args.tag) for m in grid.methods]
     return grid
 
 
 # ------------------------------------------------------------------------ the rerun rule
 def plan(runs: Sequence[Run], force: str) -> Tuple[List[Run], List[Run], Dict, List[Run]]:
-    """``(to_run, skipped, conflicts, unknown)``: conflicts maps a tuple of changes to its runs.
+    """``(to_run, skipped, conflicts, unknown)``: conflicts maps the changes (``KEY: old -> new``
+    lines) to the runs that have them.
 
     The requested config of a finished run is computed in this process (as train.py merges it);
     one config per method, dataset and options is computed up front so that a bad option stops
@@ -149,7 +151,7 @@ def plan(runs: Sequence[Run], force: str) -> Tuple[List[Run], List[Run], Dict, L
         if action == "run":
             to_run.append(run)
         elif action == "conflict":
-            conflicts[tuple(state.changes)].append(run)
+            conflicts[tuple(str(c) for c in state.changes)].append(run)
         else:
             (unknown if state.state == "unknown" else skipped).append(run)
     return to_run, skipped, dict(conflicts), unknown
@@ -193,10 +195,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"ERROR: {err}")
         return 2
     output = grid.output
+    n_conflicts = sum(len(v) for v in conflicts.values())
     print(f"Sweep: {len(runs)} run(s); {len(skipped)} finished with the same config (skipped), "
           f"{len(to_run)} to run" + (f", {len(unknown)} finished without a recorded config (skipped; "
                                      f"--force redoes them)" if unknown else "")
-          + (f", {sum(len(v) for v in conflicts.values())} finished with another config" if conflicts else ""))
+          + (f", {n_conflicts} finished with another config" if conflicts else ""))
     if conflicts:
         report_conflicts(conflicts, output)
     if args.dry_run:
@@ -226,7 +229,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     failed = [o for o in outcomes if not o.ok]
     print(f"Sweep finished: {len(outcomes) - len(failed)} run(s) done, {len(failed)} failed, "
           f"{len(skipped)} skipped (finished)"
-          + (f", {sum(len(v) for v in conflicts.values())} left with another config" if conflicts else ""))
+          + (f", {n_conflicts} left with another config" if conflicts else ""))
     for o in failed:
         print(f"  FAILED {o.run.label(output)}\n    log: {o.log}\n    {o.error or '(no error line)'}")
     return 1 if failed or conflicts else 0
