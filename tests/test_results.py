@@ -352,6 +352,8 @@ def test_method_names_auto_trainer_full_and_rename(tmp_path):
         rows(method_name="trainer")
     assert rows(method_name="trainer", methods=["SAFE/rn50", "TipAdapter*"]) == \
         ["SAFE", "TipAdapter", "TipAdapter (beta0.9)"]
+    assert rows(method_name="full", methods=["TipAdapter", "SAFE"]) == \
+        ["TipAdapter/rn50", "TipAdapter/rn50 (beta0.9)", "SAFE/micro_rn", "SAFE/rn50"]
     assert rows(renames={"SAFE/micro_rn": "SAFE (MicroRN)", "TipAdapter": "Tip-Adapter"}) == \
         ["SAFE (MicroRN)", "SAFE/rn50", "Tip-Adapter", "Tip-Adapter (beta0.9)"]
     assert rows(renames={"CoOp": "x"}) == rows()  # a rename list may name methods not shown

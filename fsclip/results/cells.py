@@ -18,7 +18,7 @@ from .parse import RunResult, harmonic_mean, summarize
 class Cell:
     """A mean with its spread over seeds (std or ci95), or a missing value.
 
-    ``found`` / ``expected`` count runs (seeds), or datasets for an average. ``partial``: an
+    ``found`` / ``expected`` count runs (seeds), datasets for an average, sides for H. ``partial``: an
     average (or H) over cells that miss some runs. ``per_seed``: seed -> value (None for a run
     without seed folders, e.g. zero-shot), used to average over datasets seed by seed.
     """

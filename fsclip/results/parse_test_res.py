@@ -23,9 +23,11 @@ import os
 from collections import defaultdict
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
+from .cells import seed_cell
 from .parse import (
     RunRecord, RunResult, collect_runs, harmonic_mean, parse_dir, subdirs, summarize,
 )
+from .render import cell_text
 
 
 def report_dir(directory: str, keyword: str = "accuracy", test_log: Optional[bool] = False,
@@ -114,15 +116,6 @@ def report_base2new(base_dir: str, new_dir: str, keyword: str = "accuracy", ci95
     return base, new, h
 
 
-def _cell(results: List[RunResult], ci95: bool) -> str:
-    values = [r.value for r in results if r.ok]
-    if not values:
-        return f"missing (0/{len(results)})"
-    mean, spread = summarize(values, ci95)  # type: ignore[arg-type]
-    text = f"{mean:.2f}" if len(values) == 1 else f"{mean:.2f} +- {spread:.2f}"
-    return text if len(values) == len(results) else f"{text} ({len(values)}/{len(results)})"
-
-
 def shots_tables(records: Iterable[RunRecord], ci95: bool = False, keyword: str = "accuracy",
                  tablefmt: str = "github") -> str:
     """One method x shots table per dataset (mean +- spread over seeds, with n/total when runs
@@ -131,16 +124,18 @@ def shots_tables(records: Iterable[RunRecord], ci95: bool = False, keyword: str 
     from tabulate import tabulate
 
     records = list(records)
-    grouped: Dict[str, Dict[Tuple[str, int], List[RunResult]]] = defaultdict(lambda: defaultdict(list))
+    grouped: Dict[str, Dict[Tuple[str, int], Dict[Optional[int], RunResult]]] = \
+        defaultdict(lambda: defaultdict(dict))
     for rec in records:
-        grouped[rec.dataset][rec.method, rec.shots].append(rec.result)
+        grouped[rec.dataset][rec.method, rec.shots][rec.seed] = rec.result
     spread_name = "ci95" if ci95 else "std"
     blocks = []
     for dataset in sorted(grouped):
         cells = grouped[dataset]
         methods = sorted({m for m, _ in cells})
         shots = sorted({s for _, s in cells})
-        rows = [[m] + [_cell(cells[m, s], ci95) if (m, s) in cells else "" for s in shots]
+        rows = [[m] + [cell_text(seed_cell(cells[m, s], (), ci95), style="plain")
+                       if (m, s) in cells else "" for s in shots]
                 for m in methods]
         blocks.append(f"{dataset}: {keyword} (%), mean +- {spread_name} over seeds\n"
                       + tabulate(rows, headers=["method"] + [f"{s} shots" for s in shots],
@@ -148,9 +143,10 @@ def shots_tables(records: Iterable[RunRecord], ci95: bool = False, keyword: str 
     if len(grouped) > 1:
         complete: Dict[Tuple[str, int], List[float]] = defaultdict(list)
         for dataset, cells in grouped.items():
-            for key, results in cells.items():
-                if all(r.ok for r in results):
-                    complete[key].append(summarize([r.value for r in results])[0])  # type: ignore[misc]
+            for key, series in cells.items():
+                cell = seed_cell(series, ())
+                if not cell.missing and not cell.incomplete:
+                    complete[key].append(cell.mean)  # type: ignore[arg-type]
         keys = {k: v for k, v in complete.items() if len(v) == len(grouped)}
         if keys:
             methods = sorted({m for m, _ in keys})

@@ -25,7 +25,8 @@ FORMATS = {"md": "md", "markdown": "md", "latex": "tex", "tex": "tex", "csv": "c
 
 
 def cell_text(cell: Cell, decimals: int = 2, style: str = "md", best: bool = False) -> str:
-    """One cell as text (style ``md``, ``latex`` or ``plain``); ``best`` puts the mean in bold."""
+    """One cell as text (style ``md``, ``latex`` or ``plain``: ASCII ``+-`` as CoOp prints);
+    ``best`` puts the mean in bold (md, latex)."""
     count = f"({cell.found}/{cell.expected})"
     if cell.missing:
         return (r"\textit{missing} " if style == "latex" else "missing ") + count
@@ -34,7 +35,7 @@ def cell_text(cell: Cell, decimals: int = 2, style: str = "md", best: bool = Fal
         mean = {"md": f"**{mean}**", "latex": rf"\textbf{{{mean}}}"}.get(style, mean)
     text = mean
     if cell.spread is not None:
-        text += (r" $\pm$ " if style == "latex" else " ± ") + f"{cell.spread:.{decimals}f}"
+        text += {"latex": r" $\pm$ ", "md": " ± "}.get(style, " +- ") + f"{cell.spread:.{decimals}f}"
     if cell.found < cell.expected:
         text += " " + count
     elif cell.partial:

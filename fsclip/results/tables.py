@@ -121,6 +121,7 @@ class _Builder:
             self.runs[key][rec.seed] = rec.result
             self.where[key] = rec.result.path
             trainers[rec.name] = rec.trainer
+        self.trainers = trainers
         self.labels = method_labels(trainers, trainers, opts.method_name, opts.renames)
         self.zero_shot = self._ordered({k[1] for k in self.runs if k[0] == ZEROSHOT})
         self.order = self._ordered(trainers)
@@ -132,7 +133,8 @@ class _Builder:
         """Rows: by the --methods pattern they match, else zero-shot methods first; then by label."""
         def key(name: str):
             zero_first = 0 if all(k[0] == ZEROSHOT for k in self.runs if k[1] == name) else 1
-            pattern = matches(self.opts.methods, name, self.labels[name]) if self.opts.methods else 0
+            pattern = matches(self.opts.methods, name, self.trainers[name], self.labels[name])
+            pattern = len(self.opts.methods) if pattern is None else pattern
             return (pattern, zero_first, self.labels[name].lower())
         return sorted(set(names), key=key)
 
