@@ -23,9 +23,7 @@ from fsclip.results.names import dataset_label, method_labels, order_datasets
 from fsclip.results.parse import RunResult, harmonic_mean
 from fsclip.results.render import to_csv, to_latex, to_markdown
 from fsclip.results.tables import TableOptions, build_results
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from results_tree import (  # noqa: E402
+from results_tree import (
     make_base2new_tree, make_fewshot_tree, make_ood_tree, seed_runs, write_log, zero_shot,
 )
 
@@ -478,5 +476,6 @@ def test_plot_one_line_per_method_png_and_pdf(fewshot_tree, tmp_path):
         with Image.open(png) as image:
             assert image.size[0] > 600 and image.size[1] > 400
             assert len(set(image.convert("L").tobytes())) > 10  # something was drawn
-        assert (plots / f"{name}.pdf").read_bytes()[:5] == b"%PDF-"
+        pdf = (plots / f"{name}.pdf").read_bytes()
+        assert pdf[:5] == b"%PDF-" and b"/FontFile2" in pdf and b"/Type3" not in pdf  # TrueType
     assert not [n for n in os.listdir(plots) if n.startswith(".tmp-")]

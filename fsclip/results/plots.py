@@ -137,12 +137,18 @@ def curve_figures(curves: Curves) -> Dict[str, "Figure"]:
 
 def save_figures(figures: Dict[str, "Figure"], out_dir: str,
                  formats: Sequence[str] = PLOT_FORMATS, dpi: int = 200) -> List[str]:
-    """Write every figure as ``<out_dir>/<name>.<fmt>`` (atomically); returns the paths."""
+    """Write every figure as ``<out_dir>/<name>.<fmt>`` (atomically); returns the paths.
+
+    PDFs embed TrueType fonts (``pdf.fonttype`` 42), not Type 3, which publishers reject.
+    """
+    import matplotlib
+
     paths = []
     for name, fig in figures.items():
         for fmt in formats:
             buffer = io.BytesIO()
-            fig.savefig(buffer, format=fmt, dpi=dpi)
+            with matplotlib.rc_context({"pdf.fonttype": 42}):
+                fig.savefig(buffer, format=fmt, dpi=dpi)
             path = os.path.join(out_dir, f"{name}.{fmt}")
             atomic_write_bytes(path, buffer.getvalue())
             paths.append(path)

@@ -122,7 +122,7 @@ class _Builder:
             self.where[key] = rec.result.path
             trainers[rec.name] = rec.trainer
         self.trainers = trainers
-        self.labels = method_labels(trainers, trainers, opts.method_name, opts.renames)
+        self.labels = method_labels(trainers.keys(), trainers, opts.method_name, opts.renames)
         self.zero_shot = self._ordered({k[1] for k in self.runs if k[0] == ZEROSHOT})
         self.order = self._ordered(trainers)
         self.seedless: Dict[str, bool] = defaultdict(lambda: True)  # runs without seed folders
