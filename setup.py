@@ -27,11 +27,13 @@ setup(
     package_dir={"fsclip.datasets": "datasets", "fsclip.trainers": "trainers"},
     package_data={"fsclip.kit": ["weights/*.pt", "weights/*.md"]},
     install_requires=read_requirements(),
-    extras_require={"test": ["pytest>=7"], "tensorboard": ["tensorboard"]},
+    extras_require={"test": ["pytest>=7"], "tensorboard": ["tensorboard"],
+                    "plots": ["matplotlib>=3.7"]},
     entry_points={
         "console_scripts": [
             "fsclip-train=fsclip.cli:main",
             "fsclip-parse=fsclip.results:main",
+            "fsclip-results=fsclip.results.cli:main",
         ]
     },
 )
