@@ -350,3 +350,20 @@ def test_cached_and_uncached_paths_give_the_same_logits(toy_root, tmp_path, tiny
     fresh.load_model(cfg.OUTPUT_DIR)
     fresh._test_allowed = True
     assert torch.allclose(fresh.logits_from_dense(fresh.features("test")[:n, 0]), cached, atol=1e-5)
+
+
+def test_train_test_view_features_are_the_test_transform_of_the_train_images(toy_root, tmp_path, tiny_path):
+    """CoOp's linear-probe features: one test-transform view per training image, in its own
+    cache entries (the augmented views stay as they are)."""
+    from fsclip.engine.data.manager import read_image
+
+    cfg = make_cfg(toy_root, tmp_path, tiny_path, "LinearProbe", **{"TRAINER.FEATURES.DTYPE": "fp32"})
+    trainer = build_trainer(cfg)
+    plain = trainer.features("train", augmented=False)
+    items = trainer.split_items("train")
+    assert plain.shape[:2] == (len(items), 1) and trainer.features("train").shape[1] == 2
+    images = torch.stack([trainer.tfm_test(read_image(d.impath)) for d in items])
+    assert torch.allclose(plain[:, 0], trunk_forward(trainer.visual, images), atol=1e-4)
+    assert torch.allclose(trainer.global_features("train", augmented=False), trainer.head_o(plain[:, 0]), atol=1e-4)
+    with pytest.raises(ValueError):
+        trainer.features("val", augmented=True)
