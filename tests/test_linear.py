@@ -367,3 +367,13 @@ def test_train_test_view_features_are_the_test_transform_of_the_train_images(toy
     assert torch.allclose(trainer.global_features("train", augmented=False), trainer.head_o(plain[:, 0]), atol=1e-4)
     with pytest.raises(ValueError):
         trainer.features("val", augmented=True)
+
+
+def test_lppp_trainer_starts_from_its_initialisation(toy_root, tmp_path, tiny_path):
+    """With no steps the fitted head is the data-driven initialisation of the first cached view."""
+    trainer = build_trainer(make_cfg(toy_root, tmp_path, tiny_path, "LPPP", **{"TRAINER.LPPP.EPOCHS": 0}))
+    trainer.fit()
+    f, y = trainer.global_features("train")[:, 0], trainer.labels("train")
+    assert torch.allclose(trainer.head.weight, init_prototypes(f, y, 3), atol=1e-5)
+    assert torch.allclose(trainer.head.alpha, torch.full((3,), init_alpha(f, y, trainer.text_weights)), rtol=1e-5)
+    assert torch.equal(trainer.head.bias, torch.zeros(3))
