@@ -82,7 +82,7 @@ class CrossModal(FrozenFeatureTrainer):
         views = self.global_features("train")
         print(f"{type(self).__name__}: {views.shape[0]} images x {views.shape[1]} views; "
               f"{node.ITERS} steps per run, val every {node.EVAL_EVERY}")
-        best, _ = sweep_linear_head(self.text_weights, self.logit_scale, views, self.labels("train"),
+        best = sweep_linear_head(self.text_weights, self.logit_scale, views, self.labels("train"),
                                     self.global_features("val"), self.labels("val"), node,
                                     seed=max(self.cfg.SEED, 0), text=text,
                                     text_ratio=float(getattr(node, "TEXT_RATIO", 0.0)))

@@ -136,7 +136,7 @@ def add_linear_head_cfg(node: CN) -> CN:
 def sweep_linear_head(zero_shot: Tensor, scale: float, views: Tensor, labels: Tensor, val_features: Tensor,
                       val_labels: Tensor, hcfg: Any, seed: int = 0,
                       text: Optional[Tuple[Tensor, Tensor]] = None, text_ratio: float = 0.5,
-                      log: Callable[[str], None] = print) -> Tuple[RunResult, Dict[str, Any]]:
+                      log: Callable[[str], None] = print) -> RunResult:
     """Fine-tune a :class:`LinearHead` from ``zero_shot`` for every (lr, weight decay, batch size)
     of ``hcfg`` and keep the run with the best val accuracy.
 
@@ -175,8 +175,7 @@ def sweep_linear_head(zero_shot: Tensor, scale: float, views: Tensor, labels: Te
                              int(hcfg.PATIENCE), params)
 
     grid = {"lr": [float(x) for x in hcfg.LRS], "weight_decay": [float(x) for x in hcfg.WDS], "batch_size": valid}
-    best = grid_search(grid, run, log=log)
-    return best, grid
+    return grid_search(grid, run, log=log)
 
 
 # --------------------------------------------------------------------------- logistic regression
