@@ -31,12 +31,14 @@ setup(
         # submitit: the tests run the Slurm path of fsclip-sweep through its local executor
         "test": ["pytest>=7", "submitit>=1.5"],
         "tensorboard": ["tensorboard"],
+        "plots": ["matplotlib>=3.7"],
         "slurm": ["submitit>=1.5"],
     },
     entry_points={
         "console_scripts": [
             "fsclip-train=fsclip.cli:main",
             "fsclip-parse=fsclip.results:main",
+            "fsclip-results=fsclip.results.cli:main",
             "fsclip-sweep=fsclip.sweep.cli:main",
         ]
     },

@@ -13,6 +13,8 @@ from typing import Any, Dict, List
 import numpy as np
 import torch
 
+from .fileio import atomic_write_bytes, atomic_write_text  # noqa: F401  (torch-free, re-exported)
+
 
 def set_random_seed(seed: int) -> None:
     """Seed Python, NumPy and torch (CPU and CUDA) like Dassl."""
@@ -37,27 +39,6 @@ def tolist_if_not(x: Any) -> list:
 
 def count_num_param(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-
-
-def atomic_write_bytes(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder + os.replace."""
-    folder = osp.dirname(osp.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix="-" + osp.basename(path), dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if osp.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_text(path: str, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def atomic_torch_save(obj: Any, path: str) -> None:
