@@ -148,10 +148,11 @@ def train_argv(trainer: str, dataset_cfg: str, method_cfg: str, out_dir: str, da
     return tuple(argv) + tuple(opts)
 
 
-def config_file(configs: str, method: Method, trainers: Dict[str, Any]) -> str:
-    """``<configs>/trainers/<Trainer>/<cfg>.yaml``, else that of the nearest registered base class."""
+def config_file(configs: str, method: Method, trainers: Dict[str, Any], cwd: str = "") -> str:
+    """``<configs>/trainers/<Trainer>/<cfg>.yaml``, else that of the nearest registered base class
+    (paths relative to ``cwd``, the folder the runs start in)."""
     if method.cfg.endswith((".yaml", ".yml")) or os.sep in method.cfg:
-        if not osp.isfile(method.cfg):
+        if not osp.isfile(osp.join(cwd, method.cfg)):
             raise ConfigError(f"Method config file {method.cfg} (of {method.trainer}) does not exist")
         return method.cfg
     names = [method.trainer]
@@ -160,9 +161,9 @@ def config_file(configs: str, method: Method, trainers: Dict[str, Any]) -> str:
         names += [base.__name__ for base in cls.__mro__[1:] if base.__name__ in trainers]
     for name in names:
         path = osp.join(configs, "trainers", name, f"{method.cfg}.yaml")
-        if osp.isfile(path):
+        if osp.isfile(osp.join(cwd, path)):
             return path
-    folder = osp.join(configs, "trainers", method.trainer)
+    folder = osp.join(cwd, configs, "trainers", method.trainer)
     have = sorted(f[:-5] for f in os.listdir(folder) if f.endswith(".yaml")) if osp.isdir(folder) else []
     raise ConfigError(f"No config {method.cfg}.yaml for {method.trainer} under {configs}/trainers/"
                       + (f"{method.trainer}/ (it has: {', '.join(have)})" if have else
@@ -178,18 +179,21 @@ def expand(grid: Grid, trainers: Dict[str, Any], cwd: Optional[str] = None) -> L
     from fsclip.engine.registry import did_you_mean
 
     cwd = osp.abspath(cwd or os.getcwd())
+    if not osp.isdir(osp.join(cwd, grid.configs, "datasets")):
+        raise ConfigError(f"No config folder {osp.join(cwd, grid.configs)} with datasets/ and trainers/: "
+                          f"run the sweep from the repository root (as the scripts run) or pass --configs")
     runs: List[Run] = []
     seen = set()
     for method in grid.methods:
         if method.trainer not in trainers:
             raise ConfigError(f"Unknown trainer {method.trainer!r} in the sweep's methods."
                               + did_you_mean(method.trainer, trainers))
-        method_cfg = config_file(grid.configs, method, trainers)
+        method_cfg = config_file(grid.configs, method, trainers, cwd)
         for dataset in grid.datasets:
             dataset_cfg = osp.join(grid.configs, "datasets", f"{dataset}.yaml")
             if not osp.isfile(osp.join(cwd, dataset_cfg)):
                 have = sorted(f[:-5] for f in os.listdir(osp.join(cwd, grid.configs, "datasets"))
-                              if f.endswith(".yaml")) if osp.isdir(osp.join(cwd, grid.configs, "datasets")) else []
+                              if f.endswith(".yaml"))
                 raise ConfigError(f"Unknown dataset {dataset!r}: {dataset_cfg} does not exist."
                                   + did_you_mean(dataset, have))
             base = osp.join(grid.output, dataset, method.trainer)

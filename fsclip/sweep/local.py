@@ -10,7 +10,7 @@ import subprocess
 import threading
 from typing import Dict, List, Optional, Sequence
 
-from fsclip.sweep.execute import Outcome, execute
+from fsclip.sweep.execute import Outcome, execute, run_path
 from fsclip.sweep.grid import Run
 from fsclip.sweep.progress import Progress
 
@@ -79,7 +79,10 @@ class LocalPool:
                 if self._stop.is_set():  # stopped while this child was starting
                     proc.terminate()
 
-            outcome = execute(run, self.envs[index], on_start=keep)
+            try:
+                outcome = execute(run, self.envs[index], on_start=keep)
+            except Exception as err:  # e.g. the run folder cannot be written: report, go on
+                outcome = Outcome(run, False, None, 0.0, run_path(run), f"ERROR: {type(err).__name__}: {err}")
             with self._lock:
                 self._procs.pop(index, None)
             if self._stop.is_set():
