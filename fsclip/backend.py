@@ -14,6 +14,8 @@ from __future__ import annotations
 import importlib.util
 import os
 
+from fsclip.errors import ConfigError
+
 _CHOICES = ("auto", "bundled", "dassl")
 
 
@@ -21,12 +23,12 @@ def choose_backend() -> str:
     """Return ``"dassl"`` or ``"bundled"`` from FSCLIP_BACKEND and what is importable."""
     wanted = os.environ.get("FSCLIP_BACKEND", "auto").strip().lower() or "auto"
     if wanted not in _CHOICES:
-        raise ValueError(
+        raise ConfigError(
             f"FSCLIP_BACKEND={wanted!r} is not valid; use one of {', '.join(_CHOICES)}"
         )
     has_dassl = importlib.util.find_spec("dassl") is not None
     if wanted == "dassl" and not has_dassl:
-        raise ImportError(
+        raise ConfigError(
             "FSCLIP_BACKEND=dassl but the 'dassl' package is not importable; install Dassl "
             "(python setup.py develop in a Dassl.pytorch clone) or set FSCLIP_BACKEND=bundled"
         )

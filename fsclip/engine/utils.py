@@ -13,6 +13,8 @@ from typing import Any, Dict, List
 import numpy as np
 import torch
 
+from ..errors import ConfigError
+
 
 def set_random_seed(seed: int) -> None:
     """Seed Python, NumPy and torch (CPU and CUDA) like Dassl."""
@@ -29,6 +31,23 @@ def mkdir_if_missing(dirname: str) -> None:
         except OSError as e:
             if e.errno != errno.EEXIST:
                 raise
+
+
+def require_folder(path: str, what: str, fix: str) -> None:
+    """Raise ConfigError when ``path`` (or a parent of it) exists and is not a folder, so that it
+    can neither be used nor created as one. ``what`` names the path ("The output folder
+    (--output-dir)"), ``fix`` says what to do."""
+    probe = osp.abspath(osp.expanduser(path))
+    while True:
+        if osp.exists(probe):
+            if osp.isdir(probe):
+                return
+            where = "is a file" if probe == osp.abspath(osp.expanduser(path)) else f"is under the file {probe}"
+            raise ConfigError(f"{what} {path} {where}, not a folder: {fix}")
+        parent = osp.dirname(probe)
+        if parent == probe:
+            return
+        probe = parent
 
 
 def tolist_if_not(x: Any) -> list:
