@@ -119,7 +119,7 @@ class Custom(BenchmarkDataset):
         if small:
             need = min_images_per_class(p_train, p_val)
             rule = (f"with DATASET.CUSTOM_SPLIT {tuple(fractions)} a class needs at least {need} "
-                    f"images to get a train, {'val and ' if p_val > 0 else ''}test image"
+                    f"images to get a train{', a val' if p_val > 0 else ''} and a test image"
                     if need else f"DATASET.CUSTOM_SPLIT {tuple(fractions)} leaves no test images "
                     "(train + val must stay below 1)")
             if not test or (p_val > 0 and not val):

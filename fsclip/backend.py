@@ -45,10 +45,25 @@ if BACKEND == "dassl":  # pragma: no cover - exercised with a fake dassl in test
     from dassl.engine import TRAINER_REGISTRY, build_trainer
     from dassl.engine import TrainerX as _DasslTrainerX
 
+    from dassl.data.datasets import build_dataset as _dassl_build_dataset
+
     from fsclip.engine.compat import DasslCompatMixin
+    from fsclip.engine.data.base import empty_split_message
+    from fsclip.errors import DataError
 
     class TrainerX(DasslCompatMixin, _DasslTrainerX):
-        """Dassl's TrainerX with checkpoint loading that works on torch >= 2.6."""
+        """Dassl's TrainerX with checkpoint loading that works on torch >= 2.6, and an empty
+        split named in one DataError instead of Dassl's bare ``assert len(data_loader) > 0``."""
+
+        def build_data_loader(self) -> None:
+            try:
+                super().build_data_loader()
+            except AssertionError:
+                dataset = _dassl_build_dataset(self.cfg)  # which split was empty?
+                for split, items in (("train", dataset.train_x), ("test", dataset.test)):
+                    if not items:
+                        raise DataError(empty_split_message(self.cfg, split)) from None
+                raise
 
 else:
     from fsclip.engine.config import get_cfg_default

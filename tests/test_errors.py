@@ -254,3 +254,17 @@ def test_train_py_exit_code_and_no_traceback(world):
     assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert proc.stdout.splitlines()[-1].startswith('ERROR: Unknown trainer "TipAdaptr"')
     assert "Traceback" not in proc.stderr
+
+
+def test_shots_beyond_a_class_warn_and_the_log_records_the_shots_used(world, capsys, tmp_path):
+    """Not an error: CoOp's rule keeps every image of a short class; the run's log says so."""
+    make_custom(str(tmp_path), {"cat": 20, "dog": 20, "owl": 5})  # owl: 2 train images (0.5 x 5)
+    out = str(tmp_path / "run")
+    argv = world.argv("ZeroshotCLIP", "DATASET.NAME", "Custom", "DATASET.ROOT", str(tmp_path),
+                      "DATASET.CUSTOM_DIR", "mine", "DATASET.NUM_SHOTS", "4", out=out)
+    assert main(argv) == 0
+    with open(osp.join(out, "log.txt")) as f:
+        log = f.read().splitlines()
+    assert ("Warning: DATASET.NUM_SHOTS is 4 but 1 of 3 classes has fewer training images, so all of "
+            "theirs are used: owl (2)") in log
+    assert "Shots per class: 4 x 2 classes; 2: owl" in log

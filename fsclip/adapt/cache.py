@@ -49,6 +49,7 @@ import tempfile
 import time
 import uuid
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
@@ -255,22 +256,27 @@ class FeatureCache:
         return osp.join(self.root, self.space_id(space))
 
     # ------------------------------------------------------------------ reading
-    def _verify(self, folder: str, shard: str, record: Any) -> bool:
-        """Whether ``shard``'s bytes match its checksum in the index (checked once per process);
-        a failing shard is reported, dropped from the index and deleted."""
-        path = osp.join(folder, "shards", shard)
-        expected = record.get("crc32") if isinstance(record, dict) else None
-        if expected is not None and self._verified.get(path) == expected:
-            return True
-        problem = shard_problem(path, expected)
-        if problem is None:
-            self._verified[path] = expected
-            return True
-        self.corrupt += 1
-        print(f"Feature cache shard {path} {problem}: its images are computed again and the "
-              f"shard is replaced")
-        drop_shard(folder, shard, record)
-        return False
+    def _verified_shards(self, folder: str, records: Dict[str, Any]) -> List[str]:
+        """The shards of ``records`` ({shard: index record}) whose bytes match their checksum
+        (each checked once per process, several at once: zlib releases the GIL). A failing
+        shard is reported, dropped from the index and deleted."""
+        paths = {s: osp.join(folder, "shards", s) for s in records}
+        expected = {s: r.get("crc32") if isinstance(r, dict) else None for s, r in records.items()}
+        todo = [s for s in records if expected[s] is None or self._verified.get(paths[s]) != expected[s]]
+        with ThreadPoolExecutor(max_workers=max(1, min(len(todo), os.cpu_count() or 1, 8))) as pool:
+            problems = dict(zip(todo, pool.map(lambda s: shard_problem(paths[s], expected[s]), todo)))
+        good = []
+        for shard in records:
+            problem = problems.get(shard)
+            if problem is None:
+                self._verified[paths[shard]] = expected[shard]
+                good.append(shard)
+                continue
+            self.corrupt += 1
+            print(f"Feature cache shard {paths[shard]} {problem}: its images are computed again and "
+                  f"the shard is replaced")
+            drop_shard(folder, shard, records[shard])
+        return good
 
     def _load_rows(self, folder: str, keys: Sequence[str]) -> Dict[str, Tensor]:
         """Rows for ``keys`` found in the index and verified in their shard."""
@@ -281,15 +287,17 @@ class FeatureCache:
             if isinstance(entry, list) and len(entry) == 2:
                 by_shard.setdefault(osp.basename(str(entry[0])), []).append((k, int(entry[1])))
         found: Dict[str, Tensor] = {}
-        for shard, wanted in by_shard.items():
-            if not self._verify(folder, shard, index["shards"].get(shard)):
-                continue
+        for shard in self._verified_shards(folder, {s: index["shards"].get(s) for s in by_shard}):
+            wanted = by_shard[shard]
             path = osp.join(folder, "shards", shard)
             try:
                 blob = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
                 shard_keys, feats = blob["keys"], blob["features"]
             except Exception as err:  # removed meanwhile, or a foreign file: recompute its rows
-                print(f"Feature cache shard {path} is unreadable ({type(err).__name__}); recomputing")
+                print(f"Feature cache shard {path} is unreadable ({type(err).__name__}); its images "
+                      f"are computed again")
+                self._verified.pop(path, None)
+                drop_shard(folder, shard, index["shards"].get(shard))
                 continue
             for k, row in wanted:
                 if 0 <= row < len(shard_keys) and shard_keys[row] == k and row < feats.shape[0]:
@@ -461,7 +469,8 @@ def gc(root: str, verify: bool = False) -> int:
             continue  # not a space (or one that never stored anything)
         if verify:
             for shard, record in list(read_index(folder)["shards"].items()):
-                problem = shard_problem(osp.join(folder, "shards", shard), record.get("crc32"))
+                crc = record.get("crc32") if isinstance(record, dict) else None
+                problem = shard_problem(osp.join(folder, "shards", shard), crc)
                 if problem:
                     print(f"Removing {osp.join(folder, 'shards', shard)}: it {problem}")
                     drop_shard(folder, shard, record)

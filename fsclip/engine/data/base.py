@@ -268,7 +268,7 @@ def _listed(names: Sequence[str], limit: int = 20) -> str:
 
 
 def count_per_class(items: Sequence[Datum], expected: Optional[int] = None) -> str:
-    """A compact count of items per class: ``"16 x 98 classes, 5: cat, 7: dog, owl"``.
+    """A compact count of items per class: ``"16 x 98 classes; 5: cat, owl; 7: dog"``.
 
     The count shared by most classes (or ``expected`` when some class has it) is summarised;
     the classes with other counts are named, grouped by count.
@@ -283,7 +283,7 @@ def count_per_class(items: Sequence[Datum], expected: Optional[int] = None) -> s
     main = expected if expected in groups else max(groups, key=lambda c: (len(groups[c]), c))
     parts = [f"{main} x {len(groups[main])} {'class' if len(groups[main]) == 1 else 'classes'}"]
     parts += [f"{c}: {_listed(groups[c])}" for c in sorted(groups) if c != main]
-    return ", ".join(parts)
+    return "; ".join(parts)
 
 
 def report_fewshot(train: Sequence[Datum], fs_train: Sequence[Datum], fs_val: Sequence[Datum],
