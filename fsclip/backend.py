@@ -45,8 +45,6 @@ if BACKEND == "dassl":  # pragma: no cover - exercised with a fake dassl in test
     from dassl.engine import TRAINER_REGISTRY, build_trainer
     from dassl.engine import TrainerX as _DasslTrainerX
 
-    from dassl.data.datasets import build_dataset as _dassl_build_dataset
-
     from fsclip.engine.compat import DasslCompatMixin
     from fsclip.engine.data.base import empty_split_message
     from fsclip.errors import DataError
@@ -59,7 +57,9 @@ if BACKEND == "dassl":  # pragma: no cover - exercised with a fake dassl in test
             try:
                 super().build_data_loader()
             except AssertionError:
-                dataset = _dassl_build_dataset(self.cfg)  # which split was empty?
+                from dassl.data.datasets import build_dataset
+
+                dataset = build_dataset(self.cfg)  # which split was empty?
                 for split, items in (("train", dataset.train_x), ("test", dataset.test)):
                     if not items:
                         raise DataError(empty_split_message(self.cfg, split)) from None
