@@ -25,9 +25,11 @@ from yacs.config import CfgNode as CN
 from fsclip.backend import TrainerX
 from fsclip.clip.loader import load_clip_from_cfg
 from fsclip.engine.data.transforms import build_transform
+from fsclip.engine.data.base import empty_split_message
 from fsclip.engine.utils import count_num_param
+from fsclip.errors import ConfigError, DataError
 
-from .cache import FeatureCache, fingerprint_tensors
+from .cache import FeatureCache, default_cache_dir, fingerprint_tensors
 from .extract import describe_transform, extract_views, impaths_of, labels_of
 from .heads import make_pooling_head, trunk_forward, trunk_kind
 from .prompts import prompt_classifier
@@ -87,7 +89,7 @@ class FrozenFeatureTrainer(TrainerX):
         # the transforms the data loaders already use (Dassl's DataManager keeps them only there)
         self.tfm_train = self._loader_transform(self.train_loader_x) or build_transform(cfg, is_train=True)
         self.tfm_test = self._loader_transform(self.test_loader) or build_transform(cfg, is_train=False)
-        cache_dir = fc.CACHE_DIR or osp.join(osp.expanduser("~"), ".cache", "fsclip", "features")
+        cache_dir = fc.CACHE_DIR or default_cache_dir()
         self.cache = FeatureCache("" if cache_dir.lower() == "none" else cache_dir, int(fc.MAX_GB * 2**30))
         self.backbone_id = fingerprint_tensors(self.visual.state_dict())
         self._test_allowed = False
@@ -128,12 +130,13 @@ class FrozenFeatureTrainer(TrainerX):
             return self._features[key]
         items = self.split_items(split)
         if not items:
-            raise ValueError(f"the {split} split of {self.cfg.DATASET.NAME} is empty")
+            context = f"{type(self).__name__} chooses its settings on it" if split == "val" else ""
+            raise DataError(empty_split_message(self.cfg, split, context))
         fc = self.cfg.TRAINER.FEATURES
         transform = self.tfm_train if train else self.tfm_test
         views = int(fc.TRAIN_VIEWS) if train else 1
         if views < 1:
-            raise ValueError(f"TRAINER.FEATURES.TRAIN_VIEWS must be >= 1, got {views}")
+            raise ConfigError(f"TRAINER.FEATURES.TRAIN_VIEWS must be >= 1, got {views}")
         store_dtype = STORE_DTYPES[fc.DTYPE]
         impaths = impaths_of(items)
         seed = int(fc.VIEW_SEED) if train else 0

@@ -13,6 +13,7 @@ from typing import Any, Dict, List
 import numpy as np
 import torch
 
+from ..errors import ConfigError
 from .fileio import atomic_write_bytes, atomic_write_text  # noqa: F401  (torch-free, re-exported)
 
 
@@ -31,6 +32,23 @@ def mkdir_if_missing(dirname: str) -> None:
         except OSError as e:
             if e.errno != errno.EEXIST:
                 raise
+
+
+def require_folder(path: str, what: str, fix: str) -> None:
+    """Raise ConfigError when ``path`` (or a parent of it) exists and is not a folder, so that it
+    can neither be used nor created as one. ``what`` names the path ("The output folder
+    (--output-dir)"), ``fix`` says what to do."""
+    probe = osp.abspath(osp.expanduser(path))
+    while True:
+        if osp.exists(probe):
+            if osp.isdir(probe):
+                return
+            where = "is a file" if probe == osp.abspath(osp.expanduser(path)) else f"is under the file {probe}"
+            raise ConfigError(f"{what} {path} {where}, not a folder: {fix}")
+        parent = osp.dirname(probe)
+        if parent == probe:
+            return
+        probe = parent
 
 
 def tolist_if_not(x: Any) -> list:
