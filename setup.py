@@ -27,13 +27,19 @@ setup(
     package_dir={"fsclip.datasets": "datasets", "fsclip.trainers": "trainers"},
     package_data={"fsclip.kit": ["weights/*.pt", "weights/*.md"]},
     install_requires=read_requirements(),
-    extras_require={"test": ["pytest>=7"], "tensorboard": ["tensorboard"],
-                    "plots": ["matplotlib>=3.7"]},
+    extras_require={
+        # submitit: the tests run the Slurm path of fsclip-sweep through its local executor
+        "test": ["pytest>=7", "submitit>=1.5"],
+        "tensorboard": ["tensorboard"],
+        "plots": ["matplotlib>=3.7"],
+        "slurm": ["submitit>=1.5"],
+    },
     entry_points={
         "console_scripts": [
             "fsclip-train=fsclip.cli:main",
             "fsclip-parse=fsclip.results:main",
             "fsclip-results=fsclip.results.cli:main",
+            "fsclip-sweep=fsclip.sweep.cli:main",
         ]
     },
 )

@@ -226,6 +226,7 @@ def run(args) -> Optional[float]:
     from fsclip.backend import BACKEND, build_trainer
     from fsclip.engine.logger import collect_env_info, setup_logger
     from fsclip.engine.utils import require_folder, set_random_seed
+    from fsclip.runs import record_config
 
     load_plugins(args.plugins)
     cfg = setup_cfg(args)
@@ -234,7 +235,8 @@ def run(args) -> Optional[float]:
     if cfg.SEED >= 0:
         print(f"Setting fixed seed: {cfg.SEED}")
         set_random_seed(cfg.SEED)
-    setup_logger(cfg.OUTPUT_DIR)
+    log_path = setup_logger(cfg.OUTPUT_DIR)
+    record_config(cfg, args, log_path)  # the rerun rule compares it with later requests
     if torch.cuda.is_available() and cfg.USE_CUDA:
         torch.backends.cudnn.benchmark = True
     print_args(args, cfg)

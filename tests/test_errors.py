@@ -22,6 +22,7 @@ import pytest
 from conftest import REPO, make_toy_tree
 from fsclip.cli import main
 from fsclip.clip.tiny import build_tiny_clip, save_tiny_clip
+from fsclip.runs import config_path_for_log
 
 PLUGIN = '''
 """Trainers that fail on purpose, after writing few-shot splits and feature-cache entries."""
@@ -130,7 +131,8 @@ def fail(world, argv, capsys, code=2):
     for path in changed:
         assert_index_grew(before_indexes[path], path)
     new_logs = set(glob.glob(osp.join(world.out, "log.txt*"))) - logs_before
-    assert set(after) - set(before) <= new_logs | set(glob.glob(osp.join(world.cache, "**"), recursive=True))
+    records = {config_path_for_log(p) for p in new_logs}  # a run's config, recorded next to its log
+    assert set(after) - set(before) <= new_logs | records | set(glob.glob(osp.join(world.cache, "**"), recursive=True))
     log = None
     if new_logs:
         (log,) = new_logs
