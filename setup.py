@@ -28,8 +28,10 @@ setup(
     package_data={"fsclip.kit": ["weights/*.pt", "weights/*.md"]},
     install_requires=read_requirements(),
     extras_require={
-        # submitit: the tests run the Slurm path of fsclip-sweep through its local executor
-        "test": ["pytest>=7", "submitit>=1.5"],
+        # what the tests exercise beyond the core: the Slurm path of fsclip-sweep (through
+        # submitit's local executor), the plots of fsclip-results, and an independent check
+        # of the linear probe's logistic regression (scikit-learn)
+        "test": ["pytest>=7", "submitit>=1.5", "matplotlib>=3.7", "scikit-learn>=1.1"],
         "tensorboard": ["tensorboard"],
         "plots": ["matplotlib>=3.7"],
         "slurm": ["submitit>=1.5"],
