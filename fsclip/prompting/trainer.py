@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from yacs.config import CfgNode as CN
 
+from fsclip.adapt.linear import accuracy
 from fsclip.adapt.trainer import FrozenFeatureTrainer
 from fsclip.engine.checkpoint import load_pretrained_weights
 from fsclip.engine.optim import build_lr_scheduler, build_optimizer
@@ -283,7 +284,3 @@ class PromptLearningTrainer(FrozenFeatureTrainer):
                 if name.startswith("model.pth.tar-") and name[len("model.pth.tar-"):].isdigit():
                     epoch = int(name[len("model.pth.tar-"):])
         super().load_model(directory, epoch)
-
-
-def accuracy(logits: Tensor, labels: Tensor) -> float:
-    return 100.0 * (logits.argmax(dim=1) == labels).float().mean().item()
