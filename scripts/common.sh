@@ -114,3 +114,40 @@ fewshot_ood() {
         $PYTHON parse_test_res.py "$base" --test-log
     done
 }
+
+# fewshot_ablation TRAINER NAME KEY "VALUE ..." [KEY VALUE ...]
+#   An ablation of one config KEY: fewshot_main for every dataset in ${DATASETS} and every value,
+#   with ${SHOTS:-16} shots and config ${CFG:-rn50}, each value in its own output root
+#   ${OUTPUT}/ablation/TRAINER_NAME/NAMEVALUE (finished runs are skipped as in fewshot_main);
+#   then a table of test accuracy, mean +- std over the seeds, one row per dataset and one
+#   column per value (runs without a result show as "-").
+fewshot_ablation() {
+    local trainer=$1 name=$2 key=$3 values=$4
+    shift 4
+    local shots=${SHOTS:-16} cfg=${CFG:-rn50} datasets=${DATASETS:?set DATASETS to the datasets of the ablation}
+    local root="${OUTPUT}/ablation/${trainer}_${name}" dataset value cell row header rule
+    for dataset in $datasets; do
+        for value in $values; do
+            OUTPUT="${root}/${name}${value}" fewshot_main "$trainer" "$dataset" "$shots" "$cfg" "$key" "$value" "$@"
+        done
+    done
+    header="| dataset |"
+    rule="| --- |"
+    for value in $values; do
+        header="${header} ${name} ${value} |"
+        rule="${rule} --: |"
+    done
+    echo
+    echo "${trainer} ablation of ${key} (${shots} shots, ${cfg}, seeds ${SEEDS:-1 2 3}): test accuracy (%), mean +- std"
+    echo "$header"
+    echo "$rule"
+    for dataset in $datasets; do
+        row="| ${dataset} |"
+        for value in $values; do
+            cell=$($PYTHON parse_test_res.py "${root}/${name}${value}/${dataset}/${trainer}/${cfg}_${shots}shots" 2>/dev/null \
+                | sed -n 's/^\* accuracy: \([0-9.]*\)% +- \([0-9.]*\)%$/\1 +- \2/p' | tail -n 1 || true)
+            row="${row} ${cell:--} |"
+        done
+        echo "$row"
+    done
+}
