@@ -27,9 +27,11 @@ few shots. There is no public code; ours: one pre-projection shared by both moda
 queries, keys and values (A_s = Q_s K_t^T, A_t = Q_t K_s^T, attended values V_t and V_s), one
 post-projection maps both attended features back; each is a residual linear layer x + W x + b
 with W, b starting at zero, so an untrained CALIP-FS is CALIP (weight decay pulls towards it).
-Training: the alphas CALIP's search picks, betas fixed at FS.TRAIN_BETAS, cross-entropy, CoOp's
-protocol (cfg.OPTIM; fsclip.adapt.dense.train_on_dense) with the best epoch on val; then the
-betas are searched again on val.
+Training: the alphas CALIP's search picks on val, betas fixed at FS.TRAIN_BETAS (both attention
+terms at full weight; the layers learn their scale), cross-entropy, CoOp's protocol (cfg.OPTIM;
+fsclip.adapt.dense.train_on_dense) with the learning rate (FS.LRS) and the best epoch chosen on
+val. The betas are not searched again afterwards: CALIP's grids (beta3 up to 0.1) would undo
+what the layers were trained for.
 """
 
 from __future__ import annotations
@@ -185,8 +187,7 @@ class CALIP(FrozenFeatureTrainer):
         self.save_model(0, self.output_dir, val_result=acc, model_name="model-best.pth.tar")
 
     @torch.no_grad()
-    def search(self, module: CalipAttention, val: DenseSplit, what: str, alphas_t: Optional[list] = None,
-               alphas_s: Optional[list] = None) -> float:
+    def search(self, module: CalipAttention, val: DenseSplit, what: str) -> float:
         """Choose (alpha_t, alpha_s, beta2, beta3) on val for ``module``; store them in its buffers."""
         c = self.cfg.TRAINER.CALIP
         bs = max(1, int(self.cfg.DATALOADER.TEST.BATCH_SIZE))
@@ -204,8 +205,7 @@ class CALIP(FrozenFeatureTrainer):
             b2, b3, acc = search_betas(base, t2, t3, val.labels, beta2s, beta3s)
             return RunResult(dict(params, beta2=b2, beta3=b3), acc, 0)
 
-        best = grid_search({"alpha_t": [float(a) for a in (alphas_t or c.ALPHA_T)],
-                            "alpha_s": [float(a) for a in (alphas_s or c.ALPHA_S)]}, run)
+        best = grid_search({"alpha_t": [float(a) for a in c.ALPHA_T], "alpha_s": [float(a) for a in c.ALPHA_S]}, run)
         for name in ("alpha_t", "alpha_s", "beta2", "beta3"):
             getattr(module, name).fill_(best.params[name])
         self.log_choice(what, **best.params, val_accuracy=best.val_acc)
@@ -225,9 +225,8 @@ class CALIP_FS(CALIP):
             return
         cfg.TRAINER.CALIP.FS = CN()
         s = cfg.TRAINER.CALIP.FS
-        # (beta2, beta3) while training the linear layers (the middle of the search ranges);
-        # searched again on val afterwards
-        s.TRAIN_BETAS = [1.0, 0.05]
+        # (beta2, beta3) of the logits the linear layers are trained for, and kept
+        s.TRAIN_BETAS = [1.0, 1.0]
         # Grids searched on val, each run keeping its best epoch; [] -> OPTIM.LR / OPTIM.WEIGHT_DECAY
         s.LRS = []
         s.WDS = []
@@ -239,7 +238,6 @@ class CALIP_FS(CALIP):
         cfg, s = self.cfg, self.cfg.TRAINER.CALIP.FS
         train, val = DenseSplit(self, "train", self.stem), DenseSplit(self, "val", self.stem)
         self.search(self.calip, val, "CALIP (untrained CALIP-FS)")  # the alphas to train with
-        alphas = [float(self.calip.alpha_t)], [float(self.calip.alpha_s)]
         betas = [float(b) for b in s.TRAIN_BETAS]
         seed = max(cfg.SEED, 0)
 
@@ -260,8 +258,11 @@ class CALIP_FS(CALIP):
               f"setting, {len(grid['lr']) * len(grid['weight_decay'])} setting(s)")
         best = grid_search(grid, run)
         self.calip.load_state_dict(best.state)
+        with torch.no_grad():  # the betas the layers were trained for
+            self.calip.beta2.fill_(betas[0])
+            self.calip.beta3.fill_(betas[1])
         epoch = best.step // per_epoch
-        self.log_choice("CALIP-FS training", lr=best.params["lr"], weight_decay=best.params["weight_decay"],
-                        epoch=epoch, val_accuracy=best.val_acc)
-        acc = self.search(self.calip, val, "CALIP-FS", *alphas)
-        self.save_model(epoch, self.output_dir, val_result=acc, model_name="model-best.pth.tar")
+        self.log_choice("CALIP-FS", lr=best.params["lr"], weight_decay=best.params["weight_decay"], epoch=epoch,
+                        alpha_t=float(self.calip.alpha_t), alpha_s=float(self.calip.alpha_s), beta2=betas[0],
+                        beta3=betas[1], val_accuracy=best.val_acc)
+        self.save_model(epoch, self.output_dir, val_result=best.val_acc, model_name="model-best.pth.tar")

@@ -153,11 +153,6 @@ class SpatialBank:
             return self.stored[idx.to(self.device), views.to(self.device)].float()
         return self.fn(self.trunk[idx.cpu(), views.cpu()].to(self.device))
 
-    def first_views(self, start: int, end: int) -> Tensor:
-        """View 0 of images ``start:end`` (the only view of val/test features)."""
-        idx = torch.arange(start, min(end, len(self)))
-        return self.get(idx, torch.zeros_like(idx))
-
 
 LogitsFn = Callable[[nn.Module, Tensor, Tensor], Tensor]  # (module, V_c [B, D], stem [B, L, W]) -> [B, K]
 
