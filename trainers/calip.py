@@ -29,7 +29,7 @@ post-projection maps both attended features back; each is a residual linear laye
 with W, b starting at zero, so an untrained CALIP-FS is CALIP (weight decay pulls towards it).
 Training: the alphas CALIP's search picks on val, betas fixed at FS.TRAIN_BETAS (both attention
 terms at full weight; the layers learn their scale), cross-entropy, CoOp's protocol (cfg.OPTIM;
-fsclip.adapt.dense.train_on_dense) with the learning rate (FS.LRS) and the best epoch chosen on
+fsclip.adapt.dense.fit_on_dense) with the learning rate (FS.LRS) and the best epoch chosen on
 val. The betas are not searched again afterwards: CALIP's grids (beta3 up to 0.1) would undo
 what the layers were trained for.
 """
@@ -44,10 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from yacs.config import CfgNode as CN
 
-from fsclip.adapt.dense import (
-    DenseSplit, SpatialProjection, add_dense_cfg, check_mode, spatial_stem, train_on_dense,
-)
-from fsclip.adapt.epochs import steps_per_epoch
+from fsclip.adapt.dense import DenseSplit, SpatialProjection, add_dense_cfg, check_mode, fit_on_dense, spatial_stem
 from fsclip.adapt.search import RunResult, grid_search
 from fsclip.adapt.trainer import FrozenFeatureTrainer
 from fsclip.backend import TRAINER_REGISTRY
@@ -235,33 +232,24 @@ class CALIP_FS(CALIP):
         s.PATIENCE = 0
 
     def fit(self) -> None:
-        cfg, s = self.cfg, self.cfg.TRAINER.CALIP.FS
+        s = self.cfg.TRAINER.CALIP.FS
         train, val = DenseSplit(self, "train", self.stem), DenseSplit(self, "val", self.stem)
         self.search(self.calip, val, "CALIP (untrained CALIP-FS)")  # the alphas to train with
         betas = [float(b) for b in s.TRAIN_BETAS]
-        seed = max(cfg.SEED, 0)
+
+        def make_module() -> CalipAttention:
+            module = self.new_module()
+            module.load_state_dict(self.calip.state_dict())  # the chosen alphas; identity layers
+            return module
 
         def logits(module: CalipAttention, image: Tensor, stem: Tensor) -> Tensor:
             return self.logits(module, image, stem, betas)
 
-        def run(params) -> RunResult:
-            torch.manual_seed(seed)
-            module = self.new_module()
-            module.load_state_dict(self.calip.state_dict())  # the chosen alphas; identity layers
-            return train_on_dense(module, logits, train, val, cfg, params, seed, int(s.EVAL_EVERY),
-                                  int(s.PATIENCE))
-
-        grid = {"lr": [float(x) for x in s.LRS] or [float(cfg.OPTIM.LR)],
-                "weight_decay": [float(x) for x in s.WDS] or [float(cfg.OPTIM.WEIGHT_DECAY)]}
-        per_epoch = steps_per_epoch(len(train), int(cfg.DATALOADER.TRAIN_X.BATCH_SIZE))
-        print(f"CALIP-FS: training at betas {betas}; {cfg.OPTIM.MAX_EPOCH} epochs x {per_epoch} batches per "
-              f"setting, {len(grid['lr']) * len(grid['weight_decay'])} setting(s)")
-        best = grid_search(grid, run)
+        best, epoch = fit_on_dense(make_module, logits, train, val, self.cfg, s, f"CALIP-FS (betas {betas})")
         self.calip.load_state_dict(best.state)
         with torch.no_grad():  # the betas the layers were trained for
             self.calip.beta2.fill_(betas[0])
             self.calip.beta3.fill_(betas[1])
-        epoch = best.step // per_epoch
         self.log_choice("CALIP-FS", lr=best.params["lr"], weight_decay=best.params["weight_decay"], epoch=epoch,
                         alpha_t=float(self.calip.alpha_t), alpha_s=float(self.calip.alpha_s), beta2=betas[0],
                         beta3=betas[1], val_accuracy=best.val_acc)

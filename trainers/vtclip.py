@@ -41,11 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from yacs.config import CfgNode as CN
 
-from fsclip.adapt.dense import (
-    DenseSplit, SpatialProjection, add_dense_cfg, check_mode, spatial_stem, train_on_dense,
-)
-from fsclip.adapt.epochs import steps_per_epoch
-from fsclip.adapt.search import RunResult, grid_search
+from fsclip.adapt.dense import DenseSplit, SpatialProjection, add_dense_cfg, check_mode, fit_on_dense, spatial_stem
 from fsclip.adapt.trainer import FrozenFeatureTrainer
 from fsclip.backend import TRAINER_REGISTRY
 from fsclip.errors import ConfigError
@@ -160,26 +156,11 @@ class VTCLIP(FrozenFeatureTrainer):
         return self.logits(self.vt, self.head_o(dense.float()), self.stem(dense))
 
     def fit(self) -> None:
-        cfg, v = self.cfg, self.cfg.TRAINER.VTCLIP
+        v = self.cfg.TRAINER.VTCLIP
         train, val = DenseSplit(self, "train", self.stem), DenseSplit(self, "val", self.stem)
-        seed = max(cfg.SEED, 0)
-
-        def run(params) -> RunResult:
-            torch.manual_seed(seed)
-            module = self.new_module()
-            return train_on_dense(module, self.logits, train, val, cfg, params, seed, int(v.EVAL_EVERY),
-                                  int(v.PATIENCE))
-
-        grid = {"lr": [float(x) for x in v.LRS] or [float(cfg.OPTIM.LR)],
-                "weight_decay": [float(x) for x in v.WDS] or [float(cfg.OPTIM.WEIGHT_DECAY)]}
-        batch = int(cfg.DATALOADER.TRAIN_X.BATCH_SIZE)
-        per_epoch = steps_per_epoch(len(train), batch)
-        print(f"VT-CLIP: {v.LAYERS} block(s), {v.HEADS} heads, V_s {self.visual_mode}; {cfg.OPTIM.MAX_EPOCH} "
-              f"epochs x {per_epoch} batches of {min(batch, len(train))} views per setting, "
-              f"{len(grid['lr']) * len(grid['weight_decay'])} setting(s)")
-        best = grid_search(grid, run)
+        what = f"VT-CLIP ({v.LAYERS} block(s), {v.HEADS} heads, V_s {self.visual_mode})"
+        best, epoch = fit_on_dense(self.new_module, self.logits, train, val, self.cfg, v, what)
         self.vt.load_state_dict(best.state)
-        epoch = best.step // per_epoch
         self.log_choice("VT-CLIP", lr=best.params["lr"], weight_decay=best.params["weight_decay"], epoch=epoch,
                         val_accuracy=best.val_acc)
         self.save_model(epoch, self.output_dir, val_result=best.val_acc, model_name="model-best.pth.tar")

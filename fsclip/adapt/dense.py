@@ -38,8 +38,8 @@ from fsclip.clip.features import (
 )
 from fsclip.errors import ConfigError
 
-from .epochs import fit_epochs
-from .search import RunResult
+from .epochs import fit_epochs, steps_per_epoch
+from .search import RunResult, grid_search
 from .trainer import STORE_DTYPES
 
 MODES = ("project", "attnpool", "learned")
@@ -194,19 +194,34 @@ class DenseSplit:
         return 100.0 * hits / len(self)
 
 
-def train_on_dense(module: nn.Module, logits_fn: LogitsFn, train: DenseSplit, val: DenseSplit, cfg: Any,
-                   params: Dict[str, Any], seed: int, eval_every: int = 1, patience: int = 0) -> RunResult:
-    """Cross-entropy training of ``module`` on random cached views of ``train`` with CoOp's
-    protocol (``fsclip.adapt.epochs.fit_epochs``: cfg.OPTIM with ``params["lr"]`` and
-    ``params["weight_decay"]``, batch ``DATALOADER.TRAIN_X.BATCH_SIZE``), keeping the epoch
-    best on ``val``."""
+def fit_on_dense(make_module: Callable[[], nn.Module], logits_fn: LogitsFn, train: DenseSplit, val: DenseSplit,
+                 cfg: Any, node: Any, what: str) -> Tuple[RunResult, int]:
+    """Train a fresh ``make_module()`` per setting of the grid ``node.LRS`` x ``node.WDS`` (an
+    empty list means ``OPTIM.LR`` / ``OPTIM.WEIGHT_DECAY``) with cross-entropy on random cached
+    views of ``train`` and CoOp's protocol (``fsclip.adapt.epochs.fit_epochs``: cfg.OPTIM, batch
+    ``DATALOADER.TRAIN_X.BATCH_SIZE``, validation every ``node.EVAL_EVERY`` epochs, stop after
+    ``node.PATIENCE`` validations without a gain if > 0). Returns the run best on ``val`` (its
+    weights in ``state``) and its epoch."""
+    seed = max(int(cfg.SEED), 0)
+    batch = int(cfg.DATALOADER.TRAIN_X.BATCH_SIZE)
     eval_batch = max(1, int(cfg.DATALOADER.TEST.BATCH_SIZE))
 
-    def batch_loss(idx: Tensor, views: Tensor) -> Tensor:
-        image, stem, labels = train.batch(idx, views)
-        return F.cross_entropy(logits_fn(module, image, stem), labels)
+    def run(params: Dict[str, Any]) -> RunResult:
+        torch.manual_seed(seed)
+        module = make_module()
 
-    return fit_epochs(module, batch_loss, len(train), train.num_views,
-                      lambda: val.accuracy(module, logits_fn, eval_batch), cfg.OPTIM, params["lr"],
-                      params["weight_decay"], int(cfg.DATALOADER.TRAIN_X.BATCH_SIZE), seed, eval_every, patience,
-                      params)
+        def batch_loss(idx: Tensor, views: Tensor) -> Tensor:
+            image, stem, labels = train.batch(idx, views)
+            return F.cross_entropy(logits_fn(module, image, stem), labels)
+
+        return fit_epochs(module, batch_loss, len(train), train.num_views,
+                          lambda: val.accuracy(module, logits_fn, eval_batch), cfg.OPTIM, params["lr"],
+                          params["weight_decay"], batch, seed, int(node.EVAL_EVERY), int(node.PATIENCE), params)
+
+    grid = {"lr": [float(x) for x in node.LRS] or [float(cfg.OPTIM.LR)],
+            "weight_decay": [float(x) for x in node.WDS] or [float(cfg.OPTIM.WEIGHT_DECAY)]}
+    per_epoch = steps_per_epoch(len(train), batch)
+    print(f"{what}: {cfg.OPTIM.MAX_EPOCH} epochs x {per_epoch} batch(es) of {min(batch, len(train))} views per "
+          f"setting, {len(grid['lr']) * len(grid['weight_decay'])} setting(s), validation every {node.EVAL_EVERY}")
+    best = grid_search(grid, run)
+    return best, best.step // per_epoch
