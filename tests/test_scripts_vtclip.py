@@ -7,10 +7,11 @@ from __future__ import annotations
 import os
 import os.path as osp
 import re
+import subprocess
 import sys
 
 import pytest
-from conftest import run_script
+from conftest import REPO, run_script
 
 from fsclip.clip.loader import kit_model_names
 
@@ -60,3 +61,34 @@ def test_ablation_scripts_print_the_table(env, script, name, values):
         key = "HEADS" if name == "heads" else "LAYERS"
         assert re.search(rf"^\s*{key}: {value}$", log, re.M), f"{run} did not run with {key} {value}"
         assert cell.strip() == f"{float(final_accuracy(osp.join(run, 'log.txt'))):.2f} +- 0.00"
+
+
+def test_ablation_follows_the_rerun_rule(env, tmp_path):
+    """A rerun skips the finished settings; a rerun with another option leaves them, names the
+    differing key, shows no stale figure and fails; FORCE=1 redoes them with the new option."""
+    ablation_env = dict(env, OUTPUT=str(tmp_path / "output"), DATASETS="synth_shapes", SHOTS="1", CFG="micro_rn",
+                        LAYERS="1")
+    run = tmp_path / "output" / "ablation" / "VTCLIP_layers" / "layers1" / "synth_shapes" / "VTCLIP" / \
+        "micro_rn_1shots" / "seed1"
+    first = run_script(ablation_env, "vtclip/ablation_layers.sh", *SHORT, *cache(env))
+    log = (run / "log.txt").read_text()
+    row = first.splitlines()[-1]
+    assert re.fullmatch(r"\| synth_shapes \| [\d.]+ \+- 0\.00 \|", row), first[-1500:]
+
+    again = run_script(ablation_env, "vtclip/ablation_layers.sh", *SHORT, *cache(env))
+    assert "skipping" in again and "Loading CLIP" not in again and again.splitlines()[-1] == row
+
+    changed = subprocess.run(["bash", "scripts/vtclip/ablation_layers.sh", *SHORT, *cache(env),
+                              "TRAINER.VTCLIP.DROPOUT", "0.2"], cwd=REPO, env=ablation_env, capture_output=True,
+                             text=True, timeout=600)
+    assert changed.returncode == 1, changed.stdout[-2000:] + changed.stderr[-2000:]
+    lines = changed.stdout.splitlines()
+    assert "  TRAINER.VTCLIP.DROPOUT: 0.1 -> 0.2" in lines and "Loading CLIP" not in changed.stdout
+    assert "| synth_shapes | - |" in lines  # the old figure is not shown as the new config's
+    assert lines[-1].startswith("ERROR: VTCLIP ablation: no summary for synth_shapes:layers1")
+    assert (run / "log.txt").read_text() == log
+
+    forced = run_script(dict(ablation_env, FORCE="1"), "vtclip/ablation_layers.sh", *SHORT, *cache(env),
+                        "TRAINER.VTCLIP.DROPOUT", "0.2")
+    assert "Redoing finished run" in forced and re.search(r"^\s*DROPOUT: 0\.2$", (run / "log.txt").read_text(), re.M)
+    assert re.fullmatch(r"\| synth_shapes \| [\d.]+ \+- 0\.00 \|", forced.splitlines()[-1]), forced[-1500:]
