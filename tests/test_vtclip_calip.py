@@ -337,3 +337,22 @@ def test_cached_and_uncached_logits_agree_and_eval_only_reloads(toy_root, tmp_pa
     for (name, a), b in zip(module.state_dict().items(), fresh_module.state_dict().values()):
         assert torch.equal(a, b), name  # weights and chosen betas/alphas come back
     torch.testing.assert_close(fresh.model_inference(images), trainer.model_inference(images))
+
+
+def test_a_sweep_of_the_three_runs_each_image_through_the_trunk_once(toy_root, tmp_path, tiny_path):
+    """Shots x seeds x the three methods on one shared cache: every image goes through CLIP's
+    trunk once per feature space (augmented train views; eval view), whichever run needs it first."""
+    computed, train_paths, eval_paths = 0, set(), set()
+    for shots in (1, 2):
+        for seed in (1, 2):
+            for name in ("VTCLIP", "CALIP", "CALIP_FS"):
+                cfg = cfg_for(toy_root, tmp_path, tiny_path, name, **{"DATASET.NUM_SHOTS": shots, "SEED": seed,
+                                                                      "OPTIM.MAX_EPOCH": 1})
+                cfg.OUTPUT_DIR = str(tmp_path / "out" / f"{name}_{shots}_{seed}")
+                trainer = build_trainer(cfg)
+                trainer.train()
+                computed += trainer.cache.computed
+                data = trainer.dm.dataset
+                train_paths |= {d.impath for d in data.train_x}
+                eval_paths |= {d.impath for d in data.val + data.test}
+    assert computed == len(train_paths) + len(eval_paths)
