@@ -149,6 +149,58 @@ fewshot_ood() {
     done
 }
 
+# base2new_train TRAINER DATASET SHOTS [CFG] [KEY VALUE ...]
+#   CoCoOp's base-to-new protocol, step 1: trains on the base classes (the first half,
+#   DATASET.SUBSAMPLE_CLASSES base) and tests on them, seeds ${SEEDS:-1 2 3}, into
+#   ${OUTPUT}/base2new/train_base/DATASET/TRAINER/CFG_SHOTSshots/seedS, under the rerun rule
+#   (see start_run; CFG_<CFG_TAG>_SHOTSshots when CFG_TAG is set).
+base2new_train() {
+    local trainer=$1 dataset=${2:?usage: base2new_train.sh DATASET SHOTS [CFG] [KEY VALUE ...]} shots=${3:?usage: base2new_train.sh DATASET SHOTS [CFG] [KEY VALUE ...]}
+    local cfg=${4:-rn50}
+    shift $(( $# < 4 ? $# : 4 ))
+    local seed rc conflicts=0
+    local base="${OUTPUT}/base2new/train_base/${dataset}/${trainer}/$(cfg_name "$cfg")_${shots}shots"
+    for seed in ${SEEDS:-1 2 3}; do
+        rc=0
+        run_or_skip train "$trainer" "$dataset" "$cfg" "$seed" "${base}/seed${seed}" \
+            DATASET.NUM_SHOTS "$shots" DATASET.SUBSAMPLE_CLASSES base "$@" || rc=$?
+        case $rc in 0|1) ;; 3) conflicts=$((conflicts + 1)) ;; *) return "$rc" ;; esac
+    done
+    if [ "$conflicts" -gt 0 ]; then
+        not_rerun_error "$conflicts" "$base"
+        return 1
+    fi
+    $PYTHON parse_test_res.py "$base"
+}
+
+# base2new_test TRAINER DATASET SHOTS [CFG] [KEY VALUE ...]
+#   Step 2: evaluates each seed's base-class model on the new classes (the second half,
+#   DATASET.SUBSAMPLE_CLASSES new; eval-only) into
+#   ${OUTPUT}/base2new/test_new/DATASET/TRAINER/CFG_SHOTSshots/seedS (rerun rule as above),
+#   then prints the base and new summaries and * base, * new, * H (harmonic mean) from
+#   parse_test_res.py --base2new.
+base2new_test() {
+    local trainer=$1 dataset=${2:?usage: base2new_test.sh DATASET SHOTS [CFG] [KEY VALUE ...]} shots=${3:?usage: base2new_test.sh DATASET SHOTS [CFG] [KEY VALUE ...]}
+    local cfg=${4:-rn50}
+    shift $(( $# < 4 ? $# : 4 ))
+    local seed rc conflicts=0
+    local common
+    common="${dataset}/${trainer}/$(cfg_name "$cfg")_${shots}shots"
+    local base="${OUTPUT}/base2new/test_new/${common}"
+    for seed in ${SEEDS:-1 2 3}; do
+        rc=0
+        run_or_skip test "$trainer" "$dataset" "$cfg" "$seed" "${base}/seed${seed}" \
+            --model-dir "${OUTPUT}/base2new/train_base/${common}/seed${seed}" --eval-only \
+            DATASET.NUM_SHOTS "$shots" DATASET.SUBSAMPLE_CLASSES new "$@" || rc=$?
+        case $rc in 0|1) ;; 3) conflicts=$((conflicts + 1)) ;; *) return "$rc" ;; esac
+    done
+    if [ "$conflicts" -gt 0 ]; then
+        not_rerun_error "$conflicts" "$base"
+        return 1
+    fi
+    $PYTHON parse_test_res.py "${OUTPUT}/base2new/train_base/${common}" --base2new "$base"
+}
+
 # fewshot_ablation TRAINER NAME KEY "VALUE ..." [KEY VALUE ...]
 #   An ablation of one config KEY: fewshot_main (so the rerun rule: finished runs of the same
 #   config are skipped, runs of another config are listed and left unless FORCE) for every
