@@ -181,3 +181,9 @@ class FeatureCache:
         if self.verbose:
             print(f"Feature cache: stored {label} features {tuple(feats.shape)} in {folder}")
 
+
+def cache_from_cfg(features_cfg: Any) -> FeatureCache:
+    """The feature cache of a ``TRAINER.FEATURES`` node: CACHE_DIR ("" -> ~/.cache/fsclip/features,
+    "none" -> no disk cache) and MAX_GB."""
+    root = features_cfg.CACHE_DIR or osp.join(osp.expanduser("~"), ".cache", "fsclip", "features")
+    return FeatureCache("" if root.lower() == "none" else root, int(features_cfg.MAX_GB * 2**30))
