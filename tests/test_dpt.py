@@ -3,12 +3,14 @@ zero-prompt identities, fixed training views, errors, and eval-only reloads on a
 
 from __future__ import annotations
 
+import glob
 import math
+import os.path as osp
 
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import set_opts
+from conftest import REPO, set_opts
 
 import fsclip.datasets  # noqa: F401
 import fsclip.trainers  # noqa: F401
@@ -270,3 +272,36 @@ def test_train_then_eval_only_reloads_every_learned_part(toy_root, tmp_path, tin
     assert "visual_prompts" in names
     assert ("cavpt" in names) == trainer_name.endswith("CAVPT")
     assert ("prompt_learner" in names) == trainer_name.startswith("VLP")
+
+
+def test_configs_merge_and_official_presets_select_the_codes_choices():
+    files = sorted(f for t in VARIANTS for f in glob.glob(osp.join(REPO, "configs", "trainers", t, "*.yaml")))
+    assert len(files) == 20  # vit_b32, vit_b16, official, micro_vit (+ VPT_CLIP's *_shallow)
+    loaded = {}
+    for path in files:
+        cfg = get_cfg_default()
+        extend_cfg(cfg)
+        cfg.merge_from_file(path)  # every key exists
+        loaded[osp.relpath(path, osp.join(REPO, "configs", "trainers"))] = cfg
+    paper, official = loaded["VLP_CLIP_CAVPT/vit_b32.yaml"], loaded["VLP_CLIP_CAVPT/official.yaml"]
+    assert (paper.OPTIM.MAX_EPOCH, paper.OPTIM.WARMUP_EPOCH, paper.OPTIM.WARMUP_CONS_LR) == (200, 10, 1e-5)
+    assert paper.TRAINER.DPT.VPT.LENGTH == 10 and paper.TRAINER.DPT.TEXT.N_CTX == 16
+    c = official.TRAINER.DPT.CAVPT
+    assert (c.QUERY, c.QUERY_TEXT, c.ATTN_DIM, c.EXTRA_TOKENS, c.DETACH, c.OUTPUT, c.LOSS, c.LOSS_WEIGHT,
+            c.REPLACE_VPT) == ("linear", "learned", 32, 10, True, "ln_query", "matched", 0.3, True)
+    assert official.TRAINER.DPT.GUIDANCE_EPOCHS == 30 and official.OPTIM.MAX_EPOCH == 60
+    assert not loaded["VPT_CLIP/vit_b32_shallow.yaml"].TRAINER.DPT.VPT.DEEP
+    assert all(cfg.TEST.FINAL_MODEL == "best_val" for cfg in loaded.values())
+
+
+def test_official_variant_trains(toy_root, tmp_path, tiny_vit_path):
+    """The code's CAVPT (replacing the deep prompts in the last block) and VLP guidance losses."""
+    cfg = make_cfg(toy_root, tmp_path, tiny_vit_path, "VLP_CLIP_CAVPT", **{
+        "TRAINER.DPT.CAVPT.QUERY": "linear", "TRAINER.DPT.CAVPT.QUERY_TEXT": "learned",
+        "TRAINER.DPT.CAVPT.ATTN_DIM": 32, "TRAINER.DPT.CAVPT.EXTRA_TOKENS": 10, "TRAINER.DPT.CAVPT.DETACH": True,
+        "TRAINER.DPT.CAVPT.OUTPUT": "ln_query", "TRAINER.DPT.CAVPT.LOSS": "matched",
+        "TRAINER.DPT.CAVPT.REPLACE_VPT": True, "TRAINER.DPT.GUIDANCE_EPOCHS": 1})
+    trainer = build_trainer(cfg)
+    assert trainer.vpt.depth == 1  # tiny ViT: 2 blocks, the last one has CAVPT only
+    trainer.train()
+    assert trainer.prompt_learner.ctx.grad is not None

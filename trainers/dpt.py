@@ -12,9 +12,8 @@ CLIP stays frozen; what trains is prompts (and the CAVPT module):
             ground-truth class, uniform 1/K for the others
   Eq. 12    L = L_ce + L_cavpt
 
-Variants (Table 1): VPT_CLIP (shallow: configs */vit_b32_shallow.yaml; deep), VPT_CLIP_CAVPT,
-VLP_CLIP, VLP_CLIP_CAVPT. Zero-shot top-K uses the frozen features of the training views, cached
-once (fsclip.prompting.visual_data); W is computed once.
+Variants (Table 1): VPT_CLIP (deep; shallow with configs *_shallow.yaml), VPT_CLIP_CAVPT, VLP_CLIP,
+VLP_CLIP_CAVPT. The top-K reads cached frozen features of fixed training views (visual_data).
 
 Paper vs fanrena/DPT (``official.yaml`` selects the code's choices; README has the full table):
   query          two-layer MLP of template features  | one Linear of the *learned* text features
@@ -101,6 +100,26 @@ def cavpt_loss(layer_logits: List[Tensor], selected: Tensor, labels: Tensor, mod
     return nll[:, match].mean() if match.any() else nll.sum() * 0.0
 
 
+def prompted_image_features(visual: Any, images: Tensor, vpt: VisualPrompts, cavpt: Optional[nn.ModuleList] = None,
+                            queries: Optional[Tensor] = None) -> Tuple[Tensor, List[Tensor]]:
+    """f([s_0, P_0, E_0]) (Eq. 7) with VPT prompts and, in the last ``len(cavpt)`` blocks, the
+    class-aware prompts of ``queries`` ``[B, K_T, D]`` beside them (Eq. 9): ``[B, D]`` and the
+    K-way logits of each CAVPT block."""
+    first = len(visual.transformer.resblocks) - (len(cavpt) if cavpt is not None else 0)
+    layer_logits: List[Tensor] = []
+
+    def block_prompts(l: int, tokens: Tensor, prompt_out: Tensor) -> Tensor:
+        p = vpt(l, tokens, prompt_out)  # [n, width] or [B, n, width]
+        if l < first:
+            return p
+        c, logits = cavpt[l - first](tokens, queries)  # [B, K_T, width]
+        layer_logits.append(logits)
+        p = p.expand(tokens.shape[0], -1, -1) if p.dim() == 2 else p
+        return torch.cat([p.to(c.dtype), c], dim=1)
+
+    return vit_prompted_forward(visual, images, block_prompts), layer_logits
+
+
 class DPT(VisualPromptTrainer):
     """Shared by the variants: ``learn_text`` (VLP: CoOp text prompts) and ``use_cavpt``."""
 
@@ -127,7 +146,7 @@ class DPT(VisualPromptTrainer):
         d.TEXT.LR = 0.002  # CoOp's learning rate and warmup epochs for the text prompts
         d.TEXT.WARMUP_EPOCH = 1
         d.CAVPT = c = CN()
-        c.TOPK = 10  # K_T: classes taken from zero-shot CLIP's top scores (Table 3)
+        c.TOPK = 10  # K_T: classes taken from zero-shot CLIP's top scores (Table 3); 0 = all
         c.LAYERS = 1  # CAVPT in the last LAYERS blocks
         c.QUERY = "mlp"  # mlp (two-layer MLP, paper) or linear (code)
         c.QUERY_TEXT = "handcrafted"  # queries from the template features (paper) or the learned ones (code, VLP)
@@ -147,38 +166,35 @@ class DPT(VisualPromptTrainer):
                 raise ConfigError(f"TRAINER.DPT.CAVPT.{key} is {d.CAVPT[key]!r}; choose one of {options}")
         blocks = len(self.visual.transformer.resblocks)
         self.n_cavpt = int(d.CAVPT.LAYERS) if self.use_cavpt else 0
-        if not 0 <= self.n_cavpt <= blocks:
+        if self.use_cavpt and not 1 <= self.n_cavpt <= blocks:
             raise ConfigError(f"TRAINER.DPT.CAVPT.LAYERS must be in 1..{blocks}, got {d.CAVPT.LAYERS}")
-        self.topk = min(int(d.CAVPT.TOPK), len(self.classnames))
+        k = int(d.CAVPT.TOPK)
+        self.topk = len(self.classnames) if k <= 0 else min(k, len(self.classnames))
         self.guidance = int(d.GUIDANCE_EPOCHS) if self.learn_text else 0
         self.needs_frozen = self.use_cavpt or self.guidance > 0
         depth = blocks - self.n_cavpt if d.CAVPT.REPLACE_VPT else blocks
         self.vpt = VisualPrompts(self.visual, int(d.VPT.LENGTH), bool(d.VPT.DEEP), float(d.VPT.INIT_STD), depth)
         self._register("visual_prompts", self.vpt.to(self.device), self.cfg.OPTIM)
+        c, self.cavpt = d.CAVPT, None
         if self.use_cavpt:
-            c = d.CAVPT
             self.cavpt = nn.ModuleList(
                 CAVPT(self.text_weights.shape[1], width, len(self.classnames), c.QUERY, int(c.ATTN_DIM),
                       int(c.EXTRA_TOKENS), bool(c.DETACH), c.OUTPUT) for _ in range(self.n_cavpt))
             self._register("cavpt", self.cavpt.to(self.device), self.cfg.OPTIM)
-        if self.learn_text:
-            self.build_text_prompts()
         self._eval_text: Optional[Tensor] = None
+        if self.learn_text:  # CoOp's text prompts (Eq. 2), with CoOp's learning rate and warmup
+            t = d.TEXT
+            self.prompt_learner = TextPromptLearner(self.clip_model, self.classnames, int(t.N_CTX), t.CTX_INIT,
+                                                    bool(t.CSC), t.CLASS_TOKEN_POSITION).to(self.device)
+            print(self.prompt_learner.describe())
+            optim_cfg = self.cfg.OPTIM.clone()
+            optim_cfg.defrost()
+            optim_cfg.LR, optim_cfg.WARMUP_EPOCH = float(t.LR), int(t.WARMUP_EPOCH)
+            self._register("prompt_learner", self.prompt_learner, optim_cfg)
 
     def _register(self, name: str, module: nn.Module, optim_cfg: Any) -> None:
         optim = build_optimizer(module, optim_cfg)
         self.register_model(name, module, optim, build_lr_scheduler(optim, optim_cfg))
-
-    def build_text_prompts(self) -> None:
-        """CoOp's text prompts (Eq. 2) with their own learning rate and warmup (CoOp's)."""
-        t = self.cfg.TRAINER.DPT.TEXT
-        self.prompt_learner = TextPromptLearner(self.clip_model, self.classnames, int(t.N_CTX), t.CTX_INIT,
-                                                bool(t.CSC), t.CLASS_TOKEN_POSITION).to(self.device)
-        print(self.prompt_learner.describe())
-        optim_cfg = self.cfg.OPTIM.clone()
-        optim_cfg.defrost()
-        optim_cfg.LR, optim_cfg.WARMUP_EPOCH = float(t.LR), int(t.WARMUP_EPOCH)
-        self._register("prompt_learner", self.prompt_learner, optim_cfg)
 
     def text_features(self) -> Tensor:
         """The class text features ``[K, D]``: learned (VLP; once per evaluation) or W (VPT)."""
@@ -198,24 +214,14 @@ class DPT(VisualPromptTrainer):
 
     def forward_logits(self, images: Tensor, frozen: Optional[Tensor]) -> Tuple[Tensor, Dict[str, Any]]:
         text = self.text_features()
-        aux: Dict[str, Any] = {"layer_logits": [], "text": text}
+        aux: Dict[str, Any] = {"text": text}
         queries = None
         if self.use_cavpt:
             aux["selected"] = self.zero_shot_logits(frozen).topk(self.topk, dim=1).indices  # [B, K_T]
             source = text if self.cfg.TRAINER.DPT.CAVPT.QUERY_TEXT == "learned" else self.text_weights
             queries = source[aux["selected"]]  # [B, K_T, D]
-        first_cavpt = len(self.visual.transformer.resblocks) - self.n_cavpt
-
-        def block_prompts(l: int, tokens: Tensor, prompt_out: Tensor) -> Tensor:
-            p = self.vpt(l, tokens, prompt_out)  # [n, width] or [B, n, width]
-            if l < first_cavpt:
-                return p
-            c, logits = self.cavpt[l - first_cavpt](tokens, queries)  # Eq. 9
-            aux["layer_logits"].append(logits)
-            p = p.expand(tokens.shape[0], -1, -1) if p.dim() == 2 else p
-            return torch.cat([p.to(c.dtype), c], dim=1)
-
-        aux["features"] = vit_prompted_forward(self.visual, images, block_prompts)  # Eq. 7, [B, D]
+        aux["features"], aux["layer_logits"] = prompted_image_features(
+            self.visual, images, self.vpt, self.cavpt, queries)  # Eq. 7, 9
         return self.clip_logits(aux["features"], text), aux  # Eq. 8
 
     def compute_loss(self, images: Tensor, labels: Tensor, frozen: Optional[Tensor]
@@ -243,20 +249,16 @@ class VPT_CLIP(DPT):
 @TRAINER_REGISTRY.register()
 class VPT_CLIP_CAVPT(DPT):
     """VPT-deep plus class-aware visual prompts in the last block(s)."""
-
     use_cavpt = True
 
 
 @TRAINER_REGISTRY.register()
 class VLP_CLIP(DPT):
     """CoOp's text prompts and VPT-deep visual prompts, trained together."""
-
     learn_text = True
 
 
 @TRAINER_REGISTRY.register()
 class VLP_CLIP_CAVPT(DPT):
     """VLP_CLIP plus class-aware visual prompts in the last block(s)."""
-
-    learn_text = True
-    use_cavpt = True
+    learn_text, use_cavpt = True, True
