@@ -148,3 +148,52 @@ fewshot_ood() {
         $PYTHON parse_test_res.py "$base" --test-log
     done
 }
+
+# fewshot_ablation TRAINER NAME KEY "VALUE ..." [KEY VALUE ...]
+#   An ablation of one config KEY: fewshot_main (so the rerun rule: finished runs of the same
+#   config are skipped, runs of another config are listed and left unless FORCE) for every
+#   dataset in ${DATASETS} and every value, with ${SHOTS:-16} shots and config ${CFG:-rn50},
+#   each value in its own output root ${OUTPUT}/ablation/TRAINER_NAME/NAMEVALUE; then a table
+#   of test accuracy, mean +- std over the seeds, one row per dataset and one column per value
+#   (settings without a result show as "-"). A failed setting does not stop the others; the
+#   helper then names them and returns 1.
+fewshot_ablation() {
+    local trainer=$1 name=$2 key=$3 values=$4
+    shift 4
+    local shots=${SHOTS:-16} cfg=${CFG:-rn50} datasets=${DATASETS:?set DATASETS to the datasets of the ablation}
+    local root="${OUTPUT}/ablation/${trainer}_${name}" folder dataset value cell row header rule failed=""
+    folder="$(cfg_name "$cfg")_${shots}shots"
+    for dataset in $datasets; do
+        for value in $values; do
+            OUTPUT="${root}/${name}${value}" fewshot_main "$trainer" "$dataset" "$shots" "$cfg" "$key" "$value" "$@" \
+                || failed="${failed} ${dataset}:${name}${value}"
+        done
+    done
+    header="| dataset |"
+    rule="| --- |"
+    for value in $values; do
+        header="${header} ${name} ${value} |"
+        rule="${rule} --: |"
+    done
+    echo
+    echo "${trainer} ablation of ${key} (${shots} shots, ${cfg}, seeds ${SEEDS:-1 2 3}): test accuracy (%), mean +- std"
+    echo "$header"
+    echo "$rule"
+    for dataset in $datasets; do
+        row="| ${dataset} |"
+        for value in $values; do
+            cell=""
+            case " ${failed} " in
+                *" ${dataset}:${name}${value} "*) ;;  # not the results of the config requested
+                *) cell=$($PYTHON parse_test_res.py "${root}/${name}${value}/${dataset}/${trainer}/${folder}" 2>/dev/null \
+                       | sed -n 's/^\* accuracy: \([0-9.]*\)% +- \([0-9.]*\)%$/\1 +- \2/p' | tail -n 1 || true) ;;
+            esac
+            row="${row} ${cell:--} |"
+        done
+        echo "$row"
+    done
+    if [ -n "$failed" ]; then
+        echo "ERROR: ${trainer} ablation: no summary for${failed} (see the lines above; ${root})"
+        return 1
+    fi
+}

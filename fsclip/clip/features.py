@@ -12,7 +12,9 @@ ResNet (ModifiedResNet), ``x -> G(x) -> attnpool``:
     ``attnpool_forward(attnpool, G(x))`` equals ``visual.attnpool(G(x))`` and so
     ``visual(x)``: ``[B, D]``;
     ``attnpool_dense(attnpool, G(x))`` gives every token through the value and output
-    projections, ``[B, 1 + HW, D]`` (see its docstring).
+    projections, ``[B, 1 + HW, D]`` (see its docstring);
+    ``attnpool_all_tokens(attnpool, G(x))`` runs the pool's attention for every token as a
+    query, ``[B, 1 + HW, D]`` (row 0 = ``attnpool_forward``).
 
 ViT (VisionTransformer; clip's transformer is sequence-first, these functions are batch-first):
     ``vit_embed(visual, x)`` are the tokens entering the first block;
@@ -139,6 +141,33 @@ def attnpool_dense(attnpool: Any, dense: Tensor) -> Tensor:
     x = x + pool.positional_embedding.to(x.dtype)
     x = F.linear(x, pool.v_proj.weight, pool.v_proj.bias)
     return F.linear(x, pool.c_proj.weight, pool.c_proj.bias)
+
+
+def attnpool_all_tokens(attnpool: Any, dense: Tensor) -> Tensor:
+    """CLIP's attention pool with every token as a query: ``[B, 1 + HW, D]``.
+
+    The pool's multi-head attention over its tokens ``t_0 = mean_j x_j + p_0``, ``t_j = x_j + p_j``
+    is run for all 1 + HW queries instead of the first one only, so row 0 is CLIP's pooled
+    feature (``attnpool_forward``) and rows 1..HW are spatial features, each pooled over the
+    whole map by its own attention (what CALIP's public code feeds its attention: its RN image
+    encoder returns every output token of the pool).
+    """
+    pool = _attnpool(attnpool)
+    x = _check_map(pool, dense).flatten(2).transpose(1, 2)  # [B, HW, C]
+    x = torch.cat([x.mean(dim=1, keepdim=True), x], dim=1)  # [B, L, C], L = 1 + HW
+    x = x + pool.positional_embedding.to(x.dtype)
+    b, length, c = x.shape
+    heads = int(pool.num_heads)
+
+    def split(t: Tensor) -> Tensor:  # [B, L, C] -> [B, heads, L, C / heads]
+        return t.view(b, length, heads, c // heads).transpose(1, 2)
+
+    q = split(F.linear(x, pool.q_proj.weight, pool.q_proj.bias))
+    k = split(F.linear(x, pool.k_proj.weight, pool.k_proj.bias))
+    v = split(F.linear(x, pool.v_proj.weight, pool.v_proj.bias))
+    out = F.scaled_dot_product_attention(q, k, v)  # [B, heads, L, C / heads]
+    out = out.transpose(1, 2).reshape(b, length, c)
+    return F.linear(out, pool.c_proj.weight, pool.c_proj.bias)  # [B, L, D]
 
 
 # -------------------------------------------------------------------------------------- ViT
