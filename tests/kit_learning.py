@@ -19,6 +19,7 @@ import fsclip.trainers  # noqa: F401
 from fsclip.backend import build_trainer
 from fsclip.cli import extend_cfg
 from fsclip.engine.config import get_cfg_default
+from fsclip.engine.utils import set_random_seed
 from fsclip.protocol import resolve_max_epoch
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -50,6 +51,7 @@ def run_kit(trainer: str, dataset: str, root: str, cache: str, out: str, seed: i
     if opts:
         cfg.merge_from_list(list(opts))
     resolve_max_epoch(cfg, explicit="OPTIM.MAX_EPOCH" in list(opts or [])[::2])
+    set_random_seed(seed)  # as train.py does: a trainer's random init does not depend on earlier runs
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
         build_trainer(cfg).train()

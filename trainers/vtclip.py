@@ -1,4 +1,4 @@
-"""VT-CLIP: CLIP with visual-guided texts (Qiu et al., ../shared/papers/vt-clip.txt, Sec. 3).
+"""VT-CLIP: CLIP with visual-guided texts (Qiu et al., Sec. 3 of the paper).
 
 Eq. 1  V_s = VB(I)                 spatial visual features, brought to the text width D
                                    (TRAINER.VTCLIP.VISUAL, see fsclip.adapt.dense)

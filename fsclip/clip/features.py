@@ -17,6 +17,7 @@ ResNet (ModifiedResNet), ``x -> G(x) -> attnpool``:
     query, ``[B, 1 + HW, D]`` (row 0 = ``attnpool_forward``).
 
 ViT (VisionTransformer; clip's transformer is sequence-first, these functions are batch-first):
+    ``vit_embed(visual, x)`` are the tokens entering the first block;
     ``vit_tokens(visual, x, k)`` are the ``[B, 1 + HW, width]`` tokens after the last block
     (k = 0) or before the last k blocks; ``vit_run_blocks(visual, tokens, start)`` runs blocks
     ``start:``; ``vit_head(visual, tokens)`` is ``ln_post(class token) @ proj``: ``[B, D]``;
@@ -182,15 +183,11 @@ def vit_run_blocks(model_or_visual: Any, tokens: Tensor, start: int = 0,
     return x.permute(1, 0, 2)  # LND -> NLD
 
 
-def vit_tokens(model_or_visual: Any, images: Tensor, n_last_blocks_skipped: int = 0) -> Tensor:
-    """ViT tokens ``[B, 1 + HW, width]`` (class token first), after the last block, or before the
-    last ``n_last_blocks_skipped`` blocks (run them with ``vit_run_blocks(visual, t, n - k)``).
-    """
+def vit_embed(model_or_visual: Any, images: Tensor) -> Tensor:
+    """The tokens entering the first block: patch embedding, class token, positional embedding
+    and ``ln_pre``, ``[B, 1 + HW, width]`` (class token first)."""
     visual = _visual(model_or_visual)
-    _require(visual, True, "vit_tokens")
-    depth = len(visual.transformer.resblocks)
-    if not 0 <= n_last_blocks_skipped <= depth:
-        raise ValueError(f"n_last_blocks_skipped must be in 0..{depth}, got {n_last_blocks_skipped}")
+    _require(visual, True, "vit_embed")
     x = visual.conv1(_prepare(visual, images))  # [B, width, grid, grid]
     x = x.flatten(2).transpose(1, 2)  # [B, grid ** 2, width]
     if x.shape[1] + 1 != visual.positional_embedding.shape[0]:
@@ -201,8 +198,19 @@ def vit_tokens(model_or_visual: Any, images: Tensor, n_last_blocks_skipped: int 
         )
     cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
     x = torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype)
-    x = visual.ln_pre(x)
-    return vit_run_blocks(visual, x, 0, depth - n_last_blocks_skipped)
+    return visual.ln_pre(x)
+
+
+def vit_tokens(model_or_visual: Any, images: Tensor, n_last_blocks_skipped: int = 0) -> Tensor:
+    """ViT tokens ``[B, 1 + HW, width]`` (class token first), after the last block, or before the
+    last ``n_last_blocks_skipped`` blocks (run them with ``vit_run_blocks(visual, t, n - k)``).
+    """
+    visual = _visual(model_or_visual)
+    _require(visual, True, "vit_tokens")
+    depth = len(visual.transformer.resblocks)
+    if not 0 <= n_last_blocks_skipped <= depth:
+        raise ValueError(f"n_last_blocks_skipped must be in 0..{depth}, got {n_last_blocks_skipped}")
+    return vit_run_blocks(visual, vit_embed(visual, images), 0, depth - n_last_blocks_skipped)
 
 
 def vit_project_tokens(model_or_visual: Any, tokens: Tensor) -> Tensor:
