@@ -4,7 +4,8 @@
     python parse_test_res.py DIR --ci95 | --test-log | --multi-exp | --keyword macro_f1
     python parse_test_res.py output --table     # method x shots tables per dataset
 
-The logic lives in fsclip/results.py (also installed as the ``fsclip-parse`` command).
+The logic lives in fsclip/results/parse_test_res.py (also installed as the ``fsclip-parse``
+command); the papers' tables and plots come from ``fsclip-results`` (fsclip/results/cli.py).
 """
 
 from fsclip.results import main

@@ -27,11 +27,21 @@ setup(
     package_dir={"fsclip.datasets": "datasets", "fsclip.trainers": "trainers"},
     package_data={"fsclip.kit": ["weights/*.pt", "weights/*.md"]},
     install_requires=read_requirements(),
-    extras_require={"test": ["pytest>=7"], "tensorboard": ["tensorboard"]},
+    extras_require={
+        # what the tests exercise beyond the core: the Slurm path of fsclip-sweep (through
+        # submitit's local executor), the plots of fsclip-results, and an independent check
+        # of the linear probe's logistic regression (scikit-learn)
+        "test": ["pytest>=7", "submitit>=1.5", "matplotlib>=3.7", "scikit-learn>=1.1"],
+        "tensorboard": ["tensorboard"],
+        "plots": ["matplotlib>=3.7"],
+        "slurm": ["submitit>=1.5"],
+    },
     entry_points={
         "console_scripts": [
             "fsclip-train=fsclip.cli:main",
             "fsclip-parse=fsclip.results:main",
+            "fsclip-results=fsclip.results.cli:main",
+            "fsclip-sweep=fsclip.sweep.cli:main",
         ]
     },
 )

@@ -202,13 +202,17 @@ class BenchmarkDataset(DatasetBase):
                 train, val, cfg.DATASET.NUM_SHOTS, cfg.SEED, self.split_fewshot_dir, image_root,
                 disjoint_val=disjoint_val,
             )
-        except PermissionError as err:
+        except (PermissionError, NotADirectoryError, FileExistsError) as err:
             raise self.error(self.split_fewshot_dir, f"cannot write the few-shot cache ({err}); "
                              "make the folder writable, or set DATASET.FEWSHOT_DIR to a writable "
                              "folder for the split files") from None
         train, val, test = subsample_classes(
             train, val, test, subsample=cfg.DATASET.SUBSAMPLE_CLASSES
         )
+        for split, items in (("train", train), ("test", test)):
+            if not items:
+                raise self.error(self.dataset_dir, f"the {split} split has no images; it needs at "
+                                 f"least 1 {split} image per class")
         return list(train), list(val), list(test)
 
 

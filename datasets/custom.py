@@ -30,6 +30,22 @@ SPLIT_NAMES = ("train", "val", "test")
 CACHE_FOLDER = "split_fewshot"
 
 
+def split_sizes(n: int, p_train: float, p_val: float) -> Tuple[int, int]:
+    """Train and val image counts of a class of ``n`` images (the rest is test)."""
+    n_train = max(1, round(n * p_train))
+    return n_train, min(n - n_train, round(n * p_val))
+
+
+def min_images_per_class(p_train: float, p_val: float, limit: int = 1000) -> int:
+    """The fewest images a class needs to get a test image (and a val image when
+    ``p_val > 0``) under these fractions; 0 when no class size gets one."""
+    for n in range(1, limit + 1):
+        n_train, n_val = split_sizes(n, p_train, p_val)
+        if n - n_train - n_val > 0 and (p_val == 0 or n_val > 0):
+            return n
+    return 0
+
+
 @DATASET_REGISTRY.register()
 class Custom(BenchmarkDataset):
     """A folder of class folders (see the module docstring and DATASETS.md#custom)."""
@@ -88,17 +104,33 @@ class Custom(BenchmarkDataset):
         train: List[Datum] = []
         val: List[Datum] = []
         test: List[Datum] = []
+        small: List[str] = []  # classes left without a val or test image
         for label, cls_folder in enumerate(classes):
             folder = osp.join(self.dataset_dir, cls_folder)
             names = self.images_of(folder)
             ranked = sorted(names, key=lambda n: hashlib.sha1(n.encode("utf-8")).hexdigest())
-            n = len(ranked)
-            n_train = max(1, round(n * p_train))
-            n_val = min(n - n_train, round(n * p_val))
+            n_train, n_val = split_sizes(len(ranked), p_train, p_val)
             parts = (ranked[:n_train], ranked[n_train:n_train + n_val], ranked[n_train + n_val:])
             name = clean_classname(cls_folder)
+            if not parts[2] or (p_val > 0 and not parts[1]):
+                small.append(f"{cls_folder} ({len(ranked)})")
             for out, part in zip((train, val, test), parts):
                 out.extend(self.datums(folder, sorted(part), label, name))
+        if small:
+            need = min_images_per_class(p_train, p_val)
+            rule = (f"with DATASET.CUSTOM_SPLIT {tuple(fractions)} a class needs at least {need} "
+                    f"images to get a train{', a val' if p_val > 0 else ''} and a test image"
+                    if need else f"DATASET.CUSTOM_SPLIT {tuple(fractions)} leaves no test images "
+                    "(train + val must stay below 1)")
+            if not test or (p_val > 0 and not val):
+                empty = "test" if not test else "val"
+                raise self.error(self.dataset_dir, f"too few images per class for a train/val/test "
+                                 f"split: the {empty} split comes out empty ({rule}; image counts: "
+                                 f"{', '.join(small[:10])}{' ...' if len(small) > 10 else ''}). Add "
+                                 "images, or give the split as train/ and val/ or test/ folders")
+            print(f"Warning: {len(small)} of {len(classes)} classes of {self.dataset_dir} are too small "
+                  f"to appear in every split ({rule}): {', '.join(small[:20])}"
+                  f"{' ...' if len(small) > 20 else ''}")
         return train, val, test
 
     def read_split_folders(self, present: set) -> Tuple[List[Datum], ...]:

@@ -7,11 +7,14 @@ Config merge order: defaults -> every trainer's and dataset's ``extend_cfg`` -> 
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import importlib.util
 import os
 import os.path as osp
+import re
 import sys
+import traceback
 from typing import List, Optional, Sequence
 
 import torch
@@ -65,7 +68,12 @@ def load_plugins(plugins: Sequence[str]) -> None:
             sys.modules[name] = module
             spec.loader.exec_module(module)  # type: ignore[union-attr]
         else:
-            importlib.import_module(plugin)
+            try:
+                importlib.import_module(plugin)
+            except ModuleNotFoundError as err:
+                raise ConfigError(
+                    f"Plugin {plugin} (from --plugins or FSCLIP_PLUGINS) cannot be imported: {err}. "
+                    f"Pass a .py file or an importable module, and install what it needs") from None
 
 
 def extend_cfg(cfg) -> None:
@@ -94,9 +102,23 @@ def _merge_file(cfg, path: str, what: str) -> None:
         cfg.merge_from_file(path)
     except (KeyError, ValueError, AssertionError) as err:
         raise ConfigError(
-            f"{what} {path} is invalid: {err}. Every key must exist in the defaults "
-            f"(fsclip/engine/config.py) or in a trainer's extend_cfg; check its spelling."
+            f"{what} {path} is invalid: {err}.{_key_hint(cfg, err)} Every key must exist in the "
+            f"defaults (fsclip/engine/config.py) or in a trainer's extend_cfg; check its spelling."
         ) from None
+
+
+def _config_keys(node, prefix: str = "") -> List[str]:
+    keys = []
+    for k, v in node.items():
+        keys += _config_keys(v, f"{prefix}{k}.") if isinstance(v, dict) else [f"{prefix}{k}"]
+    return keys
+
+
+def _key_hint(cfg, err: Exception) -> str:
+    """' Do you mean "OPTIM.LR"?' for yacs' unknown-key errors, when a key is close."""
+    match = re.search(r"Non-existent (?:config )?key: ([\w.]+)", str(err))
+    close = difflib.get_close_matches(match.group(1), _config_keys(cfg), n=1, cutoff=0.6) if match else []
+    return f' Do you mean "{close[0]}"?' if close else ""
 
 
 def reset_cfg(cfg, args) -> None:
@@ -138,7 +160,8 @@ def setup_cfg(args):
         try:
             cfg.merge_from_list(args.opts)
         except (KeyError, ValueError, AssertionError) as err:
-            raise ConfigError(f"Invalid command-line option: {err}") from None
+            raise ConfigError(f"Invalid command-line option: {err}.{_key_hint(cfg, err)} Options "
+                              "are KEY VALUE pairs of existing config keys") from None
     resolve_max_epoch(cfg, explicit="OPTIM.MAX_EPOCH" in (args.opts or [])[::2])
     cfg.freeze()
     return cfg
@@ -165,17 +188,55 @@ def engine_description(backend: str) -> str:
     return "fsclip's bundled Dassl-compatible engine (fsclip.engine)"
 
 
+def check_names(cfg) -> None:
+    """The trainer and dataset names are registered (else one ConfigError naming the closest)."""
+    from fsclip.backend import DATASET_REGISTRY, TRAINER_REGISTRY
+    from fsclip.engine.registry import did_you_mean
+
+    if not cfg.TRAINER.NAME:
+        raise ConfigError("No trainer given: pass --trainer NAME (e.g. SAFE, TipAdapter, ZeroshotCLIP)")
+    trainers = TRAINER_REGISTRY.registered_names()
+    if cfg.TRAINER.NAME not in trainers:
+        raise ConfigError(
+            f'Unknown trainer "{cfg.TRAINER.NAME}" (--trainer)' + did_you_mean(cfg.TRAINER.NAME, trainers)
+            + " A trainer of your own must be registered by a file given with --plugins FILE.py.")
+    datasets = DATASET_REGISTRY.registered_names()
+    if cfg.DATASET.NAME not in datasets:
+        raise ConfigError(
+            f'Unknown dataset "{cfg.DATASET.NAME}" (DATASET.NAME, from --dataset-config-file)'
+            + did_you_mean(cfg.DATASET.NAME, datasets)
+            + " The dataset configs are configs/datasets/<name>.yaml; a dataset of your own must "
+              "be registered by a file given with --plugins FILE.py.")
+
+
+def check_eval_only(args, trainer) -> None:
+    """``--eval-only`` needs ``--model-dir`` when the trainer has learned or chosen state, i.e.
+    registered a model (``register_model``); zero-shot trainers register none."""
+    names = trainer.get_model_names()
+    if args.eval_only and not args.model_dir and names:
+        raise ConfigError(
+            f"--eval-only needs --model-dir: {trainer.cfg.TRAINER.NAME} has trained parts "
+            f"({', '.join(names)}) that would be evaluated untrained. Pass --model-dir RUN_DIR, the "
+            f"output folder of its training run (e.g. output/<dataset>/{trainer.cfg.TRAINER.NAME}/"
+            f"<cfg>_<N>shots/seed1); add --load-epoch N to load model.pth.tar-N instead of "
+            f"model-best.pth.tar")
+
+
 def run(args) -> Optional[float]:
     from fsclip.backend import BACKEND, build_trainer
     from fsclip.engine.logger import collect_env_info, setup_logger
-    from fsclip.engine.utils import set_random_seed
+    from fsclip.engine.utils import require_folder, set_random_seed
+    from fsclip.runs import record_config
 
     load_plugins(args.plugins)
     cfg = setup_cfg(args)
+    require_folder(cfg.OUTPUT_DIR, "The output folder (--output-dir, OUTPUT_DIR)",
+                   "pass a folder (the run writes log.txt and checkpoints there)")
     if cfg.SEED >= 0:
         print(f"Setting fixed seed: {cfg.SEED}")
         set_random_seed(cfg.SEED)
-    setup_logger(cfg.OUTPUT_DIR)
+    log_path = setup_logger(cfg.OUTPUT_DIR)
+    record_config(cfg, args, log_path)  # the rerun rule compares it with later requests
     if torch.cuda.is_available() and cfg.USE_CUDA:
         torch.backends.cudnn.benchmark = True
     print_args(args, cfg)
@@ -183,7 +244,9 @@ def run(args) -> Optional[float]:
     print(f"** System info **\n{collect_env_info()}\n")
     print(f"Engine: {engine_description(BACKEND)}")
 
+    check_names(cfg)
     trainer = build_trainer(cfg)
+    check_eval_only(args, trainer)
     if args.eval_only:
         trainer.load_model(args.model_dir, epoch=args.load_epoch)
         return trainer.test()
@@ -192,12 +255,62 @@ def run(args) -> Optional[float]:
     return None
 
 
+def _fallback_output_dir(args) -> str:
+    """The output folder named on the command line (used when the config did not merge)."""
+    opts = list(args.opts or [])
+    for key, value in zip(opts[::2], opts[1::2]):
+        if key == "OUTPUT_DIR":
+            return str(value)
+    return args.output_dir or ""
+
+
+def debug_enabled() -> bool:
+    return os.environ.get("FSCLIP_DEBUG", "").strip() not in ("", "0")
+
+
+def _one_line(text: str) -> str:
+    return " ".join(line.strip() for line in str(text).strip().splitlines() if line.strip())
+
+
+def report_error(err: BaseException, message: str, output_dir: str) -> None:
+    """Print ``ERROR: message`` (after the traceback with FSCLIP_DEBUG=1) to the terminal and
+    log.txt; when the run failed before its log opened, open it in ``output_dir`` first."""
+    from fsclip.engine.logger import log_file, setup_logger
+
+    if log_file() is None and output_dir:
+        try:
+            setup_logger(output_dir)
+        except OSError:
+            pass  # e.g. the output path is a file: only the terminal gets the line
+    if debug_enabled():
+        print("".join(traceback.format_exception(type(err), err, err.__traceback__)).rstrip())
+    print(f"ERROR: {message}")
+
+
 def main(argv: Optional[List[str]] = None) -> int:
+    """``train.py``: exit code 0, 2 for bad input (a UserFacingError: one ``ERROR:`` line that
+    says what to do) or 1 for an unexpected exception (a bug: one ``ERROR:`` line naming it).
+    ``FSCLIP_DEBUG=1`` prints the traceback too. Ctrl-C interrupts as usual."""
+    from fsclip.engine.logger import Logger, start_buffered_log
+
     args = build_parser().parse_args(argv)
+    console = sys.stdout
+    start_buffered_log()
     try:
         run(args)
+        return 0
     except (UserFacingError, FileNotFoundError) as err:
-        # one actionable line instead of a traceback (it also lands in log.txt when open)
-        print(f"ERROR: {err}")
+        report_error(err, _one_line(err), _fallback_output_dir(args))
         return 2
-    return 0
+    except Exception as err:  # a bug, or a failure nobody foresaw: one line naming it
+        hint = "" if debug_enabled() else " (rerun with FSCLIP_DEBUG=1 for the traceback)"
+        report_error(err, _one_line(f"unexpected {type(err).__name__}: {err}") + hint,
+                     _fallback_output_dir(args))
+        return 1
+    finally:
+        out = sys.stdout
+        if out is not console:
+            out.flush()
+            if isinstance(out, Logger):
+                out.close()
+            sys.stdout = console

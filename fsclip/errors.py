@@ -18,3 +18,7 @@ class DataError(UserFacingError, FileNotFoundError):
 
 class WeightsNotFoundError(UserFacingError, FileNotFoundError):
     """Model weights cannot be found locally."""
+
+
+class MissingDependencyError(UserFacingError, ImportError):
+    """An optional dependency a feature needs is not installed (the message names the extra)."""

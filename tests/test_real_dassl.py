@@ -39,7 +39,9 @@ def script(env: dict, method: str, name: str) -> str:
                       "TRAINER.FEATURES.CACHE_DIR", osp.join(env["OUTPUT"], "features"), timeout=900)
 
 
-@pytest.mark.parametrize("method,trainer", [("safe", "SAFE"), ("tip_adapter_f", "TipAdapterF")])
+@pytest.mark.parametrize("method,trainer", [("safe", "SAFE"), ("tip_adapter_f", "TipAdapterF"),
+                                            ("clip_adapter", "CLIPAdapter"), ("linear_probe", "LinearProbe"),
+                                            ("cross_modal", "CrossModal"), ("wiseft", "WiSEFT"), ("lppp", "LPPP")])
 def test_train_then_eval_only_under_real_dassl(env, method, trainer):
     script(env, method, "main")
     log = open(osp.join(env["OUTPUT"], "synth_shapes", trainer, "micro_rn_2shots", "seed1", "log.txt"),

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os.path as osp
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -51,6 +51,14 @@ def read_class_prompts(path: str, classnames: Sequence[str]) -> List[List[str]]:
     return out
 
 
+def class_prompts(spec: str, dataset_name: str, classnames: Sequence[str]) -> List[List[str]]:
+    """The prompts of each class (in ``classnames`` order) that ``spec`` stands for."""
+    if spec in KINDS:
+        templates = get_templates(dataset_name, spec)
+        return [[t.format(name) for t in templates] for name in classnames]
+    return read_class_prompts(spec, classnames)
+
+
 @torch.no_grad()
 def prompt_classifier(model: Any, spec: str, dataset_name: str, classnames: Sequence[str]) -> Tensor:
     """``[K, D]`` float32 class weights, each row the normalised mean of normalised prompt features."""
@@ -63,3 +71,13 @@ def prompt_classifier(model: Any, spec: str, dataset_name: str, classnames: Sequ
         mean = feats.mean(dim=0)
         rows.append(mean / mean.norm())
     return torch.stack(rows)
+
+
+@torch.no_grad()
+def prompt_features(model: Any, spec: str, dataset_name: str, classnames: Sequence[str]) -> Tuple[Tensor, Tensor]:
+    """Every (prompt, class) pair of ``spec`` as a text sample: unnormalised float32 features
+    ``[M, D]`` and their class labels ``[M]`` (cross-modal training's extra samples)."""
+    per_class = class_prompts(spec, dataset_name, classnames)
+    feats = encode_text(model, [p for prompts in per_class for p in prompts]).float()
+    labels = torch.cat([torch.full((len(prompts),), k, dtype=torch.long) for k, prompts in enumerate(per_class)])
+    return feats, labels.to(feats.device)

@@ -25,9 +25,11 @@ from yacs.config import CfgNode as CN
 from fsclip.backend import TrainerX
 from fsclip.clip.loader import load_clip_from_cfg
 from fsclip.engine.data.transforms import build_transform
+from fsclip.engine.data.base import empty_split_message
 from fsclip.engine.utils import count_num_param
+from fsclip.errors import ConfigError, DataError
 
-from .cache import FeatureCache, fingerprint_tensors
+from .cache import FeatureCache, default_cache_dir, fingerprint_tensors
 from .extract import describe_transform, extract_views, impaths_of, labels_of
 from .heads import make_pooling_head, trunk_forward, trunk_kind
 from .prompts import prompt_classifier
@@ -87,7 +89,7 @@ class FrozenFeatureTrainer(TrainerX):
         # the transforms the data loaders already use (Dassl's DataManager keeps them only there)
         self.tfm_train = self._loader_transform(self.train_loader_x) or build_transform(cfg, is_train=True)
         self.tfm_test = self._loader_transform(self.test_loader) or build_transform(cfg, is_train=False)
-        cache_dir = fc.CACHE_DIR or osp.join(osp.expanduser("~"), ".cache", "fsclip", "features")
+        cache_dir = fc.CACHE_DIR or default_cache_dir()
         self.cache = FeatureCache("" if cache_dir.lower() == "none" else cache_dir, int(fc.MAX_GB * 2**30))
         self.backbone_id = fingerprint_tensors(self.visual.state_dict())
         self._test_allowed = False
@@ -112,24 +114,29 @@ class FrozenFeatureTrainer(TrainerX):
     def labels(self, split: str) -> Tensor:
         return labels_of(self.split_items(split)).to(self.device)
 
-    def features(self, split: str) -> Tensor:
+    def features(self, split: str, augmented: Optional[bool] = None) -> Tensor:
         """G's output for every image of ``split``: ``[N, V, ...]`` on the CPU (V = TRAIN_VIEWS
-        augmented views for train, 1 test-transform view otherwise)."""
+        augmented views for train, 1 test-transform view otherwise). ``augmented=False`` on the
+        train split gives its one test-transform view instead (CoOp's linear-probe features)."""
         if split == "test" and not self._test_allowed:
             raise EarlyTestAccessError(
                 "test features were requested before the final evaluation; choose everything on "
                 "the val split and call test() once at the end")
-        if split in self._features:
-            return self._features[split]
+        train = split == "train" if augmented is None else bool(augmented)
+        if train and split != "train":
+            raise ValueError(f"augmented views exist for the train split only, not {split}")
+        key = split if train == (split == "train") else f"{split}:test-view"
+        if key in self._features:
+            return self._features[key]
         items = self.split_items(split)
         if not items:
-            raise ValueError(f"the {split} split of {self.cfg.DATASET.NAME} is empty")
+            context = f"{type(self).__name__} chooses its settings on it" if split == "val" else ""
+            raise DataError(empty_split_message(self.cfg, split, context))
         fc = self.cfg.TRAINER.FEATURES
-        train = split == "train"
         transform = self.tfm_train if train else self.tfm_test
         views = int(fc.TRAIN_VIEWS) if train else 1
         if views < 1:
-            raise ValueError(f"TRAINER.FEATURES.TRAIN_VIEWS must be >= 1, got {views}")
+            raise ConfigError(f"TRAINER.FEATURES.TRAIN_VIEWS must be >= 1, got {views}")
         store_dtype = STORE_DTYPES[fc.DTYPE]
         impaths = impaths_of(items)
         seed = int(fc.VIEW_SEED) if train else 0
@@ -146,7 +153,7 @@ class FrozenFeatureTrainer(TrainerX):
                 desc=f"G(x) on {split} ({len(paths)} images x {views} views)")
 
         feats = self.cache.get(space, impaths, compute, label=split)
-        self._features[split] = feats
+        self._features[key] = feats
         return feats
 
     @torch.no_grad()
@@ -158,17 +165,19 @@ class FrozenFeatureTrainer(TrainerX):
                for i in range(0, dense.shape[0], batch_size)]
         return torch.cat(out, dim=-2)
 
-    def global_features(self, split: str) -> Tensor:
+    def global_features(self, split: str, augmented: Optional[bool] = None) -> Tensor:
         """CLIP's own image features ``AttnPool_O(G(x))`` of ``split`` (unnormalised, float32 on the
-        device): ``[N, V, D]`` for train (every cached view), ``[N, D]`` otherwise. Computed once
-        per run from the cached trunk output and kept (every method on frozen global features
-        reads them here)."""
-        if split not in self._global:
-            dense = self.features(split)
+        device): ``[N, V, D]`` for train (every cached view), ``[N, D]`` otherwise (and for
+        ``augmented=False``, see ``features``). Computed once per run from the cached trunk output
+        and kept (every method on frozen global features reads them here)."""
+        views = split == "train" if augmented is None else bool(augmented)
+        key = (split, views)
+        if key not in self._global:
+            dense = self.features(split, augmented)
             n, v = dense.shape[:2]
             pooled = self.pooled(self.head_o, dense.flatten(0, 1))  # [N * V, D]
-            self._global[split] = pooled.reshape(n, v, -1) if split == "train" else pooled
-        return self._global[split]
+            self._global[key] = pooled.reshape(n, v, -1) if views else pooled
+        return self._global[key]
 
     def clip_logits(self, features: Tensor) -> Tensor:
         """``logit_scale * normalize(f) @ W_c^T``: ``[B, D] -> [B, K]``."""

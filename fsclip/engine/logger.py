@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import os.path as osp
 import platform
@@ -11,20 +12,31 @@ from typing import Optional, TextIO
 
 
 class Logger:
-    """A stdout replacement writing to the console and a file."""
+    """A stdout replacement writing to the console and a file.
 
-    def __init__(self, fpath: Optional[str] = None, console: Optional[TextIO] = None) -> None:
+    With ``buffer=True`` and no file yet, what is written is also kept in memory until
+    ``setup_logger`` opens the log file, which then starts with it: lines printed before the
+    output folder is known (and an error that stops the run there) still reach log.txt.
+    """
+
+    def __init__(self, fpath: Optional[str] = None, console: Optional[TextIO] = None,
+                 buffer: bool = False, pending: str = "") -> None:
         self.console = console or sys.stdout
         self.file = None
         self.fpath = fpath
+        self.pending: Optional[io.StringIO] = io.StringIO() if buffer and fpath is None else None
         if fpath is not None:
             os.makedirs(osp.dirname(osp.abspath(fpath)), exist_ok=True)
-            self.file = open(fpath, "w", encoding="utf-8", buffering=1)  # line-buffered: a crash keeps the log
+            # "x": a log file is never overwritten, even by a run started in the same second
+            self.file = open(fpath, "x", encoding="utf-8", buffering=1)  # line-buffered: a crash keeps the log
+            self.file.write(pending)
 
     def write(self, msg: str) -> None:
         self.console.write(msg)
         if self.file is not None:
             self.file.write(msg)
+        elif self.pending is not None:
+            self.pending.write(msg)
 
     def flush(self) -> None:
         self.console.flush()
@@ -44,23 +56,46 @@ class Logger:
         return getattr(self.console, name)
 
 
+def start_buffered_log() -> Logger:
+    """Keep everything printed from now on, for the log file ``setup_logger`` opens later."""
+    logger = Logger(console=sys.stdout, buffer=True)
+    sys.stdout = logger
+    return logger
+
+
+def log_file() -> Optional[str]:
+    """The log file stdout is copied to, if any."""
+    out = sys.stdout
+    return out.fpath if isinstance(out, Logger) and out.file is not None else None
+
+
 def setup_logger(output: Optional[str] = None) -> Optional[str]:
     """Tee stdout to ``output/log.txt`` (or to ``output`` if it ends in .txt/.log).
 
     An existing log file is never overwritten: the new log gets a ``-YYYY-MM-DD-HH-MM-SS``
-    suffix, as in Dassl. Returns the path written to.
+    suffix, as in Dassl (and ``-1``, ``-2``, ... after that if the name is taken). Text kept by
+    a buffering logger (``start_buffered_log``) is written first. Returns the path written to.
     """
     if output is None:
         return None
-    fpath = output if output.endswith((".txt", ".log")) else osp.join(output, "log.txt")
-    if osp.exists(fpath):
-        fpath += time.strftime("-%Y-%m-%d-%H-%M-%S")
+    base = output if output.endswith((".txt", ".log")) else osp.join(output, "log.txt")
     previous = sys.stdout
+    pending = ""
     if isinstance(previous, Logger):
+        if previous.pending is not None:
+            pending = previous.pending.getvalue()
         previous.close()
         previous = previous.console
-    sys.stdout = Logger(fpath, console=previous)
-    return fpath
+    for i in range(1000):
+        fpath = base
+        if i or osp.exists(base):
+            fpath = base + time.strftime("-%Y-%m-%d-%H-%M-%S") + (f"-{i}" if i > 1 else "")
+        try:
+            sys.stdout = Logger(fpath, console=previous, pending=pending)
+            return fpath
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free log file name next to {base}")
 
 
 def collect_env_info() -> str:

@@ -13,6 +13,9 @@ from typing import Any, Dict, List
 import numpy as np
 import torch
 
+from ..errors import ConfigError
+from .fileio import atomic_write_bytes, atomic_write_text  # noqa: F401  (torch-free, re-exported)
+
 
 def set_random_seed(seed: int) -> None:
     """Seed Python, NumPy and torch (CPU and CUDA) like Dassl."""
@@ -31,33 +34,29 @@ def mkdir_if_missing(dirname: str) -> None:
                 raise
 
 
+def require_folder(path: str, what: str, fix: str) -> None:
+    """Raise ConfigError when ``path`` (or a parent of it) exists and is not a folder, so that it
+    can neither be used nor created as one. ``what`` names the path ("The output folder
+    (--output-dir)"), ``fix`` says what to do."""
+    probe = osp.abspath(osp.expanduser(path))
+    while True:
+        if osp.exists(probe):
+            if osp.isdir(probe):
+                return
+            where = "is a file" if probe == osp.abspath(osp.expanduser(path)) else f"is under the file {probe}"
+            raise ConfigError(f"{what} {path} {where}, not a folder: {fix}")
+        parent = osp.dirname(probe)
+        if parent == probe:
+            return
+        probe = parent
+
+
 def tolist_if_not(x: Any) -> list:
     return x if isinstance(x, list) else [x]
 
 
 def count_num_param(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-
-
-def atomic_write_bytes(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder + os.replace."""
-    folder = osp.dirname(osp.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix="-" + osp.basename(path), dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if osp.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_text(path: str, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def atomic_torch_save(obj: Any, path: str) -> None:

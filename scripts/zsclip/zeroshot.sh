@@ -13,12 +13,19 @@ CFG=${2:-rn50}
 TRAINER=${3:-ZeroshotCLIP}
 shift $(( $# < 3 ? $# : 3 ))
 
-DIR=${OUTPUT}/${DATASET}/${TRAINER}/${CFG}
-start_run "$DIR" test || exit 0
-$PYTHON train.py \
-    --root "$DATA" \
-    --trainer "$TRAINER" \
-    --dataset-config-file "configs/datasets/${DATASET}.yaml" \
-    --config-file "configs/trainers/ZeroshotCLIP/${CFG}.yaml" \
-    --output-dir "$DIR" \
-    --eval-only "$@"
+DIR=${OUTPUT}/${DATASET}/${TRAINER}/$(cfg_name "$CFG")
+ARGV=(
+    --root "$DATA"
+    --trainer "$TRAINER"
+    --dataset-config-file "configs/datasets/${DATASET}.yaml"
+    --config-file "configs/trainers/ZeroshotCLIP/${CFG}.yaml"
+    --output-dir "$DIR"
+    --eval-only "$@")
+rc=0
+start_run "$DIR" test "${ARGV[@]}" || rc=$?
+case $rc in
+    0) $PYTHON train.py "${ARGV[@]}" ;;
+    1) ;;
+    3) not_rerun_error 1 "$DIR"; exit 1 ;;
+    *) exit "$rc" ;;
+esac

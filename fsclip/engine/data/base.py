@@ -7,8 +7,8 @@ import math
 import os
 import os.path as osp
 import random
-from collections import defaultdict
-from typing import Dict, List, Optional, Sequence, Tuple
+from collections import Counter, defaultdict
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..utils import atomic_write_text
 
@@ -235,6 +235,7 @@ def load_or_create_fewshot(train: List[Datum], val: List[Datum],
                 fresh = fresh and not ({_key(d) for d in cached_train} & {_key(d) for d in cached_val})
             if fresh:
                 print(f"Loading preprocessed few-shot data from {path}")
+                report_fewshot(train, cached_train, cached_val, num_shots)
                 return cached_train, cached_val
             print(f"Few-shot split {path} does not match the current split; recreating it")
         except (OSError, ValueError, KeyError, TypeError) as err:
@@ -250,7 +251,71 @@ def load_or_create_fewshot(train: List[Datum], val: List[Datum],
     payload = {"train": _encode(fs_train, image_root), "val": _encode(fs_val, image_root)}
     atomic_write_text(path, json.dumps(payload))
     print(f"Saving preprocessed few-shot data to {path}")
+    report_fewshot(train, fs_train, fs_val, num_shots)
     return fs_train, fs_val
+
+
+def _names_by_label(items: Sequence[Datum]) -> Dict[int, str]:
+    names: Dict[int, str] = {}
+    for d in items:
+        names.setdefault(d.label, d.classname or str(d.label))
+    return names
+
+
+def _listed(names: Sequence[str], limit: int = 20) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def count_per_class(items: Sequence[Datum], expected: Optional[int] = None) -> str:
+    """A compact count of items per class: ``"16 x 98 classes; 5: cat, owl; 7: dog"``.
+
+    The count shared by most classes (or ``expected`` when some class has it) is summarised;
+    the classes with other counts are named, grouped by count.
+    """
+    names = _names_by_label(items)
+    counts = Counter(d.label for d in items)
+    groups: Dict[int, List[str]] = defaultdict(list)
+    for label in names:
+        groups[counts[label]].append(names[label])
+    if not groups:
+        return "no images"
+    main = expected if expected in groups else max(groups, key=lambda c: (len(groups[c]), c))
+    parts = [f"{main} x {len(groups[main])} {'class' if len(groups[main]) == 1 else 'classes'}"]
+    parts += [f"{c}: {_listed(groups[c])}" for c in sorted(groups) if c != main]
+    return "; ".join(parts)
+
+
+def report_fewshot(train: Sequence[Datum], fs_train: Sequence[Datum], fs_val: Sequence[Datum],
+                   num_shots: int) -> None:
+    """Print the shots actually used per class (a line in every few-shot run's log), after a
+    warning naming the classes that have fewer than ``num_shots`` training images."""
+    available = Counter(d.label for d in train)
+    names = _names_by_label(train)
+    short = [label for label in names if available[label] < num_shots]
+    if short:
+        print(f"Warning: DATASET.NUM_SHOTS is {num_shots} but {len(short)} of {len(names)} classes "
+              f"{'has' if len(short) == 1 else 'have'} fewer training images, so all of theirs are used: "
+              + _listed([f"{names[y]} ({available[y]})" for y in short]))
+    print(f"Shots per class: {count_per_class(fs_train, num_shots)}")
+    print(f"Few-shot val images per class: {count_per_class(fs_val, min(num_shots, 4))}")
+
+
+def empty_split_message(cfg: Any, split: str, context: str = "") -> str:
+    """The error text for an empty split: which dataset and split, and how many images per class
+    it needs."""
+    shots = int(cfg.DATASET.NUM_SHOTS)
+    need = {
+        "train": "at least 1 training image per class"
+                 + (f" (DATASET.NUM_SHOTS={shots} picks up to {shots})" if shots > 0 else ""),
+        "val": "at least 1 validation image per class"
+               + (f" (the few-shot val split takes up to min(NUM_SHOTS, 4) = {min(shots, 4)})" if shots > 0 else ""),
+        "test": "at least 1 test image per class",
+    }.get(split, "at least 1 image per class")
+    return (f"Dataset {cfg.DATASET.NAME}: the {split} split has no images"
+            + (f" ({context})" if context else "")
+            + f"; it needs {need}. Check DATASET.ROOT and the dataset's folder or split file "
+              "(DATASETS.md describes each layout)")
 
 
 subsample_classes = DatasetBase.subsample_classes

@@ -12,6 +12,7 @@ from torchvision.transforms import Compose, Normalize, Resize, ToTensor
 
 from ...errors import DataError
 from ..registry import build_dataset
+from .base import empty_split_message
 from .samplers import build_sampler
 from .transforms import INTERPOLATION_MODES, build_transform
 
@@ -52,7 +53,8 @@ def build_data_loader(cfg, sampler_type: str = "SequentialSampler", data_source=
         pin_memory=(torch.cuda.is_available() and cfg.USE_CUDA),
     )
     if len(loader) == 0:
-        raise ValueError("The data loader is empty: the split has no items")
+        raise DataError("A data loader is empty: its split has no images (the dataset gives an "
+                        "empty list; check DATASET.ROOT and the dataset's split)")
     return loader
 
 
@@ -61,6 +63,8 @@ class DataManager:
 
     def __init__(self, cfg, custom_tfm_train=None, custom_tfm_test=None, dataset_wrapper=None) -> None:
         dataset = build_dataset(cfg)
+        if not dataset.test:
+            raise DataError(empty_split_message(cfg, "test"))
         if custom_tfm_train is None:
             tfm_train = build_transform(cfg, is_train=True)
         else:

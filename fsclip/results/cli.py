@@ -1,0 +1,146 @@
+"""``python -m fsclip.results`` / ``fsclip-results``: the papers' tables and plots from any
+output tree.
+
+    fsclip-results output                                  # markdown tables on the terminal
+    fsclip-results output --out results --format md latex csv --plots png pdf
+    fsclip-results output --ci95 --shots 1 16 --methods ZeroshotCLIP 'SAFE*' --datasets '*'
+    fsclip-results output --method-name full --rename SAFE_A=SAFE-A --keyword macro_f1
+
+Tables: few-shot (method x dataset per shot count, with the average over datasets), distribution
+shift (source, targets, their average) and base-to-new (base, new, H); see
+:mod:`fsclip.results.tables`. Exit status: 0, 1 when no run is found (or, with ``--strict``,
+when a run is missing), 2 on bad input (one ``ERROR:`` line).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import List, Optional, Sequence
+
+from fsclip.errors import ConfigError, UserFacingError
+
+from .names import parse_renames
+from .parse import collect_runs
+from .render import FORMATS, problems_markdown, render
+from .tables import TableOptions, build_results
+
+TABLE_KINDS = ("fewshot", "ood", "base2new")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="fsclip-results",
+        description="Tables (markdown, LaTeX, CSV) and accuracy-vs-shots plots from an output "
+                    "tree of runs (<dataset>/<Trainer>/<cfg>_<N>shots/seed<S>/log.txt, "
+                    "evaluation/..., base2new/...).")
+    p.add_argument("directory", help="output folder (or any folder below it)")
+    p.add_argument("--format", "-f", nargs="+", default=["md"], choices=sorted(FORMATS),
+                   metavar="FMT", help="md, latex and/or csv (default: md)")
+    p.add_argument("--out", "-o", default="",
+                   help="write the files here (results.md, <table>.tex, <table>.csv, "
+                        "plots/<dataset>.png ...); without it, tables go to the terminal")
+    p.add_argument("--plots", nargs="*", choices=["png", "pdf"], metavar="FMT",
+                   help="accuracy-vs-shots plots into OUT/plots: png and/or pdf (both when "
+                        "none is given); needs matplotlib (pip install 'fsclip[plots]')")
+    p.add_argument("--tables", nargs="+", choices=TABLE_KINDS, default=list(TABLE_KINDS),
+                   help="which tables (default: every kind the runs allow)")
+    p.add_argument("--ci95", action="store_true",
+                   help="+- 1.96 * std / sqrt(n) instead of the std over seeds")
+    p.add_argument("--keyword", default="accuracy",
+                   help="metric of the '* <keyword>: X%%' lines (accuracy, macro_f1, error: "
+                        "lower is better)")
+    p.add_argument("--methods", nargs="+", default=[], metavar="PAT",
+                   help="methods to show, in this row order: full names or trainers, shell "
+                        "patterns allowed ('SAFE*', '*/micro_rn')")
+    p.add_argument("--datasets", nargs="+", default=[], metavar="PAT",
+                   help="datasets to show, in this column order (folder or display names, "
+                        "patterns allowed); default: all, in the papers' order")
+    p.add_argument("--shots", nargs="+", type=int, default=[], metavar="N",
+                   help="shot counts to show (zero-shot rows always stay)")
+    p.add_argument("--seeds", nargs="+", type=int, default=[], metavar="S",
+                   help="seeds every method should have (default: every seed found in the "
+                        "table); absent ones are missing runs")
+    p.add_argument("--method-name", choices=["auto", "trainer", "full"], default="auto",
+                   help="row labels: Trainer, Trainer/cfg, or auto (Trainer unless the trainer "
+                        "has several configs shown)")
+    p.add_argument("--rename", nargs="+", default=[], metavar="NAME=LABEL",
+                   help="labels by hand, e.g. SAFE_A=SAFE-A 'TipAdapterF/rn50=Tip-Adapter-F'")
+    p.add_argument("--decimals", type=int, default=2, help="digits after the point (default 2)")
+    p.add_argument("--strict", action="store_true", help="exit with status 1 when a run is missing")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    formats: List[str] = list(dict.fromkeys(FORMATS[f] for f in args.format))
+    plots = None if args.plots is None else (args.plots or ["png", "pdf"])
+    if plots and not args.out:
+        raise ConfigError("--plots writes files: add --out DIR (the folder for the figures)")
+    if plots:
+        from .plots import require_matplotlib
+
+        require_matplotlib()
+    if not os.path.isdir(args.directory):
+        raise ConfigError(f"{args.directory} is not a folder: give the output folder of the runs "
+                          "(e.g. output, with <dataset>/<Trainer>/<cfg>_<N>shots/seed<S> inside)")
+    opts = TableOptions(keyword=args.keyword, ci95=args.ci95, decimals=args.decimals,
+                        seeds=args.seeds, methods=args.methods, datasets=args.datasets,
+                        shots=args.shots, method_name=args.method_name,
+                        renames=parse_renames(args.rename))
+    records = collect_runs(args.directory, args.keyword)
+    if not records:
+        print(f"Nothing found in {args.directory}: no seed<S> folder or log.txt below it")
+        return 1
+    results = build_results(records, opts, args.tables)
+    if not results.tables:
+        print(f"No run in {args.directory} matches the filters")
+        return 1
+
+    texts = {fmt: [render(t, fmt, opts.decimals, opts.spread_name) for t in results.tables]
+             for fmt in formats}
+    if "md" in texts:
+        print(markdown_report(texts["md"], results.problems))
+    if not args.out:
+        for fmt in formats:
+            if fmt != "md":
+                print("\n\n".join(texts[fmt]) + "\n")
+    if results.problems and "md" not in texts:
+        print(problems_markdown(results.problems), file=sys.stderr)
+    if args.out:
+        from fsclip.engine.fileio import atomic_write_text
+
+        written = []
+        if "md" in texts:
+            written.append(os.path.join(args.out, "results.md"))
+            atomic_write_text(written[-1], markdown_report(texts["md"], results.problems) + "\n")
+        for fmt in formats:
+            if fmt == "md":
+                continue
+            for table, text in zip(results.tables, texts[fmt]):
+                written.append(os.path.join(args.out, f"{table.name}.{fmt}"))
+                atomic_write_text(written[-1], text if text.endswith("\n") else text + "\n")
+        if plots:
+            if results.curves is None:
+                print("No few-shot or zero-shot runs: no accuracy-vs-shots plot")
+            else:
+                from .plots import curve_figures, save_figures
+
+                written += save_figures(curve_figures(results.curves),
+                                        os.path.join(args.out, "plots"), plots)
+        print(f"Wrote {len(written)} files:")
+        print("\n".join(f"  {path}" for path in written))
+    return 1 if (args.strict and results.problems) else 0
+
+
+def markdown_report(tables: Sequence[str], problems: Sequence[str]) -> str:
+    return "\n\n".join(list(tables) + ([problems_markdown(problems)] if problems else []))
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except UserFacingError as err:
+        print(f"ERROR: {err}")
+        return 2

@@ -1,0 +1,7 @@
+#!/bin/bash
+# Re-evaluate trained LP++ runs from their saved models (eval-only, no retraining).
+#   EVAL_TAG=tag bash scripts/lppp/eval.sh DATASET SHOTS [CFG] [KEY VALUE ...]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+source scripts/common.sh
+fewshot_eval LPPP "$@"
