@@ -250,3 +250,28 @@ def test_tip_adapter_f_diverging_is_one_error_naming_its_key(kit_root, kit_cache
                     ["TRAINER.TIP.LR", 1e9, "TRAINER.TIP.EPOCHS", 3])
     with contextlib.redirect_stdout(io.StringIO()), pytest.raises(TrainingDivergedError, match="TRAINER.TIP.LR"):
         t.fit()
+
+
+@pytest.mark.parametrize("lrs", [[1e30], [1e-3, 1e30]])
+def test_the_linear_sweep_leaves_diverged_runs_out_and_names_its_keys(lrs, capsys):
+    """The cross-modal sweep (fsclip.adapt.linear) under the same rules: a diverged lr is left
+    out; every run diverging is one error naming the trainer's keys."""
+    from yacs.config import CfgNode as CN
+
+    from fsclip.adapt.linear import add_linear_head_cfg, sweep_linear_head
+
+    gen = torch.Generator().manual_seed(0)
+    node = add_linear_head_cfg(CN())
+    node.ITERS, node.EVAL_EVERY, node.WARMUP_ITERS, node.LRS, node.WDS, node.BATCH_SIZES = 6, 3, 0, lrs, [1e-2], [4]
+    views, labels = torch.randn(8, 2, 16, generator=gen), torch.arange(8) % 4
+    args = (F.normalize(torch.randn(4, 16, generator=gen), dim=-1), 50.0, views, labels, views[:, 0], labels, node)
+    lines = []
+    if len(lrs) == 1:
+        with pytest.raises(TrainingDivergedError, match="TRAINER.CROSSMODAL.LRS / TRAINER.CROSSMODAL.WDS"):
+            sweep_linear_head(*args, log=lines.append, node_name="TRAINER.CROSSMODAL")
+    else:
+        best = sweep_linear_head(*args, log=lines.append, node_name="TRAINER.CROSSMODAL")
+        assert best.params["lr"] == 1e-3 and not best.diverged
+    printed = capsys.readouterr().out.splitlines()  # the run's own line (printed), the search's (log)
+    assert any(line.startswith("* diverged:") and "lr=1e+30" in line for line in printed)
+    assert any(line.startswith("* search: lr=1e+30") and "diverged" in line for line in lines)
