@@ -149,7 +149,11 @@ def main() -> None:
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    work = tempfile.mkdtemp(prefix="fsclip-safe-grid-")
+    with tempfile.TemporaryDirectory(prefix="fsclip-safe-grid-") as work:  # weights, images: removed at the end
+        run(args, work)
+
+
+def run(args, work: str) -> None:
     make_folder(osp.join(work, "images"), args.classes, {"train": args.shots, "val": 4, "test": 1})
     print(f"SAFE grid, 12 settings (4 lr x 3 weight decay) x {args.iters} steps, batch 8, val every "
           f"{args.eval_every} steps; {args.classes} classes, {args.shots} shots, {args.views} views, "
@@ -182,7 +186,7 @@ def main() -> None:
         print(f"  ratio (sequential / batched): grid of {args.iters} steps {med[False][0] / med[True][0]:.2f}x, "
               f"one more step {med[False][1] / med[True][1]:.2f}x (CPU time {med[False][2] / med[True][2]:.2f}x)")
         same = "same" if chosen[False] == chosen[True] else "DIFFERENT"
-        print(f"  chosen ({same}): sequential {chosen[False]}, batched {chosen[True]}")
+        print(f"  chosen ({same}): sequential {chosen[False]}, batched {chosen[True]}", flush=True)
         if args.profile:
             profile(trainer, False, args.iters)
             profile(trainer, True, args.iters)
