@@ -9,19 +9,6 @@ DATA=${DATA:-./data}
 PYTHON=${PYTHON:-python}
 OUTPUT=${OUTPUT:-./output}
 
-# run_finished DIR MODE: true when DIR/log.txt reports a final result.
-#   MODE=train: an "* accuracy:" line after "Finish training"
-#   MODE=test:  an "* accuracy:" line after "=> result" (eval-only runs)
-run_finished() {
-    local log="$1/log.txt" mode="${2:-train}"
-    [ -f "$log" ] || return 1
-    if [ "$mode" = "train" ]; then
-        awk '/^Finish training/{f=1} f && /^\* accuracy: /{ok=1} END{exit !ok}' "$log"
-    else
-        awk '/^=> result/{f=1} f && /^\* accuracy: /{ok=1} END{exit !ok}' "$log"
-    fi
-}
-
 # prepare_run DIR: keep the log (and recorded config) of an unfinished (crashed) run as
 # log.txt.crashed-<time> so that the rerun writes a fresh log.txt that the parser reads.
 prepare_run() {

@@ -143,6 +143,23 @@ def test_finished_runs_of_another_config_are_listed_once_per_change_and_redone_o
     assert capsys.readouterr().out.count("would run") == 3
 
 
+@pytest.mark.parametrize("name", sorted(f for f in os.listdir(osp.join(REPO, "configs", "sweeps"))
+                                         if f.endswith(".yaml")))
+def test_shipped_sweep_grids_expand_to_every_run(name, tmp_path, monkeypatch, capsys):
+    """configs/sweeps/*.yaml (the README's demo and paper grids) name trainers, configs and
+    datasets that exist: a dry run lists each method x dataset x shots x seed once."""
+    monkeypatch.chdir(REPO)
+    path = osp.join("configs", "sweeps", name)
+    spec = yaml.safe_load(open(path))
+    assert sweep_main([path, "--output", str(tmp_path / "output"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    expected = 0
+    for m in spec["methods"]:
+        shots = m.get("shots", spec["shots"]) if isinstance(m, dict) else spec["shots"]
+        expected += len(spec["datasets"]) * sum(1 if s == 0 else len(spec["seeds"]) for s in shots)
+    assert out.count("would run") == expected, out[-2000:]
+
+
 def test_workers_get_one_gpu_each_round_robin_and_share_the_cpu_threads():
     envs = worker_envs(3, ["2", "5"], threads=4)
     assert [e["CUDA_VISIBLE_DEVICES"] for e in envs] == ["2", "5", "2"]

@@ -186,7 +186,7 @@ def expand(grid: Grid, trainers: Dict[str, Any], cwd: Optional[str] = None) -> L
     seen = set()
     for method in grid.methods:
         if method.trainer not in trainers:
-            raise ConfigError(f"Unknown trainer {method.trainer!r} in the sweep's methods."
+            raise ConfigError(f"Unknown trainer {method.trainer!r} in the sweep's methods"
                               + did_you_mean(method.trainer, trainers))
         method_cfg = config_file(grid.configs, method, trainers, cwd)
         for dataset in grid.datasets:
