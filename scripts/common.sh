@@ -148,3 +148,104 @@ fewshot_ood() {
         $PYTHON parse_test_res.py "$base" --test-log
     done
 }
+
+# base2new_train TRAINER DATASET SHOTS [CFG] [KEY VALUE ...]
+#   CoCoOp's base-to-new protocol, step 1: trains on the base classes (the first half,
+#   DATASET.SUBSAMPLE_CLASSES base) and tests on them, seeds ${SEEDS:-1 2 3}, into
+#   ${OUTPUT}/base2new/train_base/DATASET/TRAINER/CFG_SHOTSshots/seedS, under the rerun rule
+#   (see start_run; CFG_<CFG_TAG>_SHOTSshots when CFG_TAG is set).
+base2new_train() {
+    local trainer=$1 dataset=${2:?usage: base2new_train.sh DATASET SHOTS [CFG] [KEY VALUE ...]} shots=${3:?usage: base2new_train.sh DATASET SHOTS [CFG] [KEY VALUE ...]}
+    local cfg=${4:-rn50}
+    shift $(( $# < 4 ? $# : 4 ))
+    local seed rc conflicts=0
+    local base="${OUTPUT}/base2new/train_base/${dataset}/${trainer}/$(cfg_name "$cfg")_${shots}shots"
+    for seed in ${SEEDS:-1 2 3}; do
+        rc=0
+        run_or_skip train "$trainer" "$dataset" "$cfg" "$seed" "${base}/seed${seed}" \
+            DATASET.NUM_SHOTS "$shots" DATASET.SUBSAMPLE_CLASSES base "$@" || rc=$?
+        case $rc in 0|1) ;; 3) conflicts=$((conflicts + 1)) ;; *) return "$rc" ;; esac
+    done
+    if [ "$conflicts" -gt 0 ]; then
+        not_rerun_error "$conflicts" "$base"
+        return 1
+    fi
+    $PYTHON parse_test_res.py "$base"
+}
+
+# base2new_test TRAINER DATASET SHOTS [CFG] [KEY VALUE ...]
+#   Step 2: evaluates each seed's base-class model on the new classes (the second half,
+#   DATASET.SUBSAMPLE_CLASSES new; eval-only) into
+#   ${OUTPUT}/base2new/test_new/DATASET/TRAINER/CFG_SHOTSshots/seedS (rerun rule as above),
+#   then prints the base and new summaries and * base, * new, * H (harmonic mean) from
+#   parse_test_res.py --base2new.
+base2new_test() {
+    local trainer=$1 dataset=${2:?usage: base2new_test.sh DATASET SHOTS [CFG] [KEY VALUE ...]} shots=${3:?usage: base2new_test.sh DATASET SHOTS [CFG] [KEY VALUE ...]}
+    local cfg=${4:-rn50}
+    shift $(( $# < 4 ? $# : 4 ))
+    local seed rc conflicts=0
+    local common
+    common="${dataset}/${trainer}/$(cfg_name "$cfg")_${shots}shots"
+    local base="${OUTPUT}/base2new/test_new/${common}"
+    for seed in ${SEEDS:-1 2 3}; do
+        rc=0
+        run_or_skip test "$trainer" "$dataset" "$cfg" "$seed" "${base}/seed${seed}" \
+            --model-dir "${OUTPUT}/base2new/train_base/${common}/seed${seed}" --eval-only \
+            DATASET.NUM_SHOTS "$shots" DATASET.SUBSAMPLE_CLASSES new "$@" || rc=$?
+        case $rc in 0|1) ;; 3) conflicts=$((conflicts + 1)) ;; *) return "$rc" ;; esac
+    done
+    if [ "$conflicts" -gt 0 ]; then
+        not_rerun_error "$conflicts" "$base"
+        return 1
+    fi
+    $PYTHON parse_test_res.py "${OUTPUT}/base2new/train_base/${common}" --base2new "$base"
+}
+
+# fewshot_ablation TRAINER NAME KEY "VALUE ..." [KEY VALUE ...]
+#   An ablation of one config KEY: fewshot_main (so the rerun rule: finished runs of the same
+#   config are skipped, runs of another config are listed and left unless FORCE) for every
+#   dataset in ${DATASETS} and every value, with ${SHOTS:-16} shots and config ${CFG:-rn50},
+#   each value in its own output root ${OUTPUT}/ablation/TRAINER_NAME/NAMEVALUE; then a table
+#   of test accuracy, mean +- std over the seeds, one row per dataset and one column per value
+#   (settings without a result show as "-"). A failed setting does not stop the others; the
+#   helper then names them and returns 1.
+fewshot_ablation() {
+    local trainer=$1 name=$2 key=$3 values=$4
+    shift 4
+    local shots=${SHOTS:-16} cfg=${CFG:-rn50} datasets=${DATASETS:?set DATASETS to the datasets of the ablation}
+    local root="${OUTPUT}/ablation/${trainer}_${name}" folder dataset value cell row header rule failed=""
+    folder="$(cfg_name "$cfg")_${shots}shots"
+    for dataset in $datasets; do
+        for value in $values; do
+            OUTPUT="${root}/${name}${value}" fewshot_main "$trainer" "$dataset" "$shots" "$cfg" "$key" "$value" "$@" \
+                || failed="${failed} ${dataset}:${name}${value}"
+        done
+    done
+    header="| dataset |"
+    rule="| --- |"
+    for value in $values; do
+        header="${header} ${name} ${value} |"
+        rule="${rule} --: |"
+    done
+    echo
+    echo "${trainer} ablation of ${key} (${shots} shots, ${cfg}, seeds ${SEEDS:-1 2 3}): test accuracy (%), mean +- std"
+    echo "$header"
+    echo "$rule"
+    for dataset in $datasets; do
+        row="| ${dataset} |"
+        for value in $values; do
+            cell=""
+            case " ${failed} " in
+                *" ${dataset}:${name}${value} "*) ;;  # not the results of the config requested
+                *) cell=$($PYTHON parse_test_res.py "${root}/${name}${value}/${dataset}/${trainer}/${folder}" 2>/dev/null \
+                       | sed -n 's/^\* accuracy: \([0-9.]*\)% +- \([0-9.]*\)%$/\1 +- \2/p' | tail -n 1 || true) ;;
+            esac
+            row="${row} ${cell:--} |"
+        done
+        echo "$row"
+    done
+    if [ -n "$failed" ]; then
+        echo "ERROR: ${trainer} ablation: no summary for${failed} (see the lines above; ${root})"
+        return 1
+    fi
+}

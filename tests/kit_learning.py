@@ -19,6 +19,7 @@ import fsclip.trainers  # noqa: F401
 from fsclip.backend import build_trainer
 from fsclip.cli import extend_cfg
 from fsclip.engine.config import get_cfg_default
+from fsclip.engine.utils import set_random_seed
 from fsclip.protocol import resolve_max_epoch
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -50,6 +51,7 @@ def kit_trainer(trainer: str, dataset: str, root: str, cache: str, out: str, see
     if opts:
         cfg.merge_from_list(list(opts))
     resolve_max_epoch(cfg, explicit="OPTIM.MAX_EPOCH" in list(opts or [])[::2])
+    set_random_seed(seed)  # as train.py does: a trainer's random init does not depend on earlier runs
     return build_trainer(cfg)
 
 
@@ -63,22 +65,25 @@ def run_kit(trainer: str, dataset: str, root: str, cache: str, out: str, seed: i
     return float(re.search(r"^\* accuracy: ([\d.]+)%$", tail, re.M).group(1))
 
 
-def zero_shot(dataset: str, root: str, cache: str, out, kit_cfg: str = "micro_rn") -> float:
-    """Zero-shot CLIP with the template ensemble (does not depend on the seed)."""
-    return run_kit("ZeroshotCLIP2", dataset, root, cache, str(out / f"{kit_cfg}_{dataset}_zs"), 1, kit_cfg)
+def zero_shot(dataset: str, root: str, cache: str, out, kit_cfg: str = "micro_rn",
+              trainer: str = "ZeroshotCLIP2") -> float:
+    """Zero-shot CLIP (does not depend on the seed): the template ensemble (``ZeroshotCLIP2``) or
+    the dataset's single template (``ZeroshotCLIP``)."""
+    return run_kit(trainer, dataset, root, cache, str(out / f"{kit_cfg}_{dataset}_zs"), 1, kit_cfg)
 
 
 def learning_table(kit_cfg: str, methods: Iterable[str], root: str, cache: str, out,
-                   datasets: Sequence[str] = DATASETS, opts: Optional[Dict[str, Sequence]] = None
-                   ) -> Dict[Tuple[str, str], float]:
+                   datasets: Sequence[str] = DATASETS, opts: Optional[Dict[str, Sequence]] = None,
+                   zero_shot_trainer: str = "ZeroshotCLIP2") -> Dict[Tuple[str, str], float]:
     """{(dataset, "ZeroShot" or method): accuracy}; a method's is its mean over SEEDS.
 
-    ``opts`` maps a method to extra KEY VALUE options for its runs.
+    ``opts`` maps a method to extra KEY VALUE options for its runs; ``zero_shot_trainer`` gives
+    the "ZeroShot" entry (the prompts the methods start from).
     """
     table: Dict[Tuple[str, str], float] = {}
     methods = list(methods)
     for dataset in datasets:
-        table[(dataset, "ZeroShot")] = zero_shot(dataset, root, cache, out, kit_cfg)
+        table[(dataset, "ZeroShot")] = zero_shot(dataset, root, cache, out, kit_cfg, zero_shot_trainer)
         for m in methods:
             accs = [run_kit(m, dataset, root, cache, str(out / dataset / m / f"seed{s}"), s, kit_cfg,
                             opts=(opts or {}).get(m)) for s in SEEDS]

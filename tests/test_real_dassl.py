@@ -34,21 +34,29 @@ def env(tmp_path_factory):
                 OUTPUT=str(base / "output"), PYTHON=sys.executable, SEEDS="1", FSCLIP_SYNTH_WORKERS="1")
 
 
-def script(env: dict, method: str, name: str) -> str:
-    return run_script(env, f"{method}/{name}.sh", "synth_shapes", "2", "micro_rn",
+def script(env: dict, method: str, name: str, args: tuple) -> str:
+    return run_script(env, f"{method}/{name}.sh", "synth_shapes", "2", *args,
                       "TRAINER.FEATURES.CACHE_DIR", osp.join(env["OUTPUT"], "features"), timeout=900)
 
 
-@pytest.mark.parametrize("method,trainer", [("safe", "SAFE"), ("tip_adapter_f", "TipAdapterF"),
-                                            ("clip_adapter", "CLIPAdapter"), ("linear_probe", "LinearProbe"),
-                                            ("cross_modal", "CrossModal"), ("wiseft", "WiSEFT"), ("lppp", "LPPP")])
-def test_train_then_eval_only_under_real_dassl(env, method, trainer):
-    script(env, method, "main")
-    log = open(osp.join(env["OUTPUT"], "synth_shapes", trainer, "micro_rn_2shots", "seed1", "log.txt"),
+RN = ("micro_rn",)
+
+
+@pytest.mark.parametrize("method,trainer,args", [
+    ("safe", "SAFE", RN), ("tip_adapter_f", "TipAdapterF", RN), ("clip_adapter", "CLIPAdapter", RN),
+    ("linear_probe", "LinearProbe", RN), ("cross_modal", "CrossModal", RN), ("wiseft", "WiSEFT", RN),
+    ("lppp", "LPPP", RN), ("coop", "CoOp", RN), ("cocoop", "CoCoOp", RN), ("prograd", "ProGrad", RN),
+    ("kgcoop", "KgCoOp", RN), ("vtclip", "VTCLIP", RN), ("calip", "CALIP", RN), ("calip_fs", "CALIP_FS", RN),
+    ("dpt", "VPT_CLIP", ("VPT_CLIP", "micro_vit")), ("dpt", "VPT_CLIP_CAVPT", ("VPT_CLIP_CAVPT", "micro_vit")),
+    ("dpt", "VLP_CLIP", ("VLP_CLIP", "micro_vit")), ("dpt", "VLP_CLIP_CAVPT", ("VLP_CLIP_CAVPT", "micro_vit")),
+])
+def test_train_then_eval_only_under_real_dassl(env, method, trainer, args):
+    script(env, method, "main", args)
+    log = open(osp.join(env["OUTPUT"], "synth_shapes", trainer, f"{args[-1]}_2shots", "seed1", "log.txt"),
                encoding="utf-8").read()
     # Dassl's engine ran it, from the checkout given
     assert f"Engine: Dassl ({osp.join(osp.abspath(DASSL), 'dassl')}" in log
     assert "Loading trainer: " + trainer in log and "Finish training" in log
     acc = re.findall(r"^\* accuracy: ([\d.]+)%$", log, re.M)[-1]
-    evaluated = script(env, method, "eval")
+    evaluated = script(env, method, "eval", args)
     assert re.search(rf"^\* accuracy: {re.escape(acc)}0?% \+- 0\.00%$", evaluated, re.M), (acc, evaluated[-1500:])

@@ -58,7 +58,8 @@ def method_scripts() -> dict:
         path = osp.join(REPO, "scripts", name, "main.sh")
         if osp.isfile(path):
             match = re.search(r"^fewshot_main (\S+)", open(path).read(), re.M)
-            found[match.group(1)] = f"{name}/main.sh"
+            if not match.group(1).startswith('"$'):  # scripts taking the trainer as an argument (dpt) test their own
+                found[match.group(1)] = f"{name}/main.sh"
     return found
 
 

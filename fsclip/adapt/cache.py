@@ -384,6 +384,13 @@ class FeatureCache:
                 print(f"Feature cache: removed {len(removed)} file(s) no index entry points to")
 
 
+def cache_from_cfg(features_cfg: Any) -> FeatureCache:
+    """The feature cache of a ``TRAINER.FEATURES`` node: CACHE_DIR ("" -> the default folder,
+    "none" -> no disk cache) and MAX_GB."""
+    root = features_cfg.CACHE_DIR or default_cache_dir()
+    return FeatureCache("" if root.lower() == "none" else root, int(features_cfg.MAX_GB * 2**30))
+
+
 # ---------------------------------------------------------------------------------------------
 # Maintenance: python -m fsclip.adapt.cache info|gc [DIR]
 # ---------------------------------------------------------------------------------------------

@@ -22,6 +22,14 @@ def view_seed(impath: str, view: int, seed: int, root: str = "") -> int:
     return int(digest[:15], 16)
 
 
+def make_view(img: Any, transform: Callable, impath: str, view: int, seed: int, root: str = "") -> Tensor:
+    """View ``view`` of an image: ``transform(img)`` under the view's fixed seed (the global RNG is
+    left as it was). Depends only on the image path (relative to ``root``), ``view`` and ``seed``."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(view_seed(impath, view, seed, root))
+        return transform(img)
+
+
 class ViewDataset(Dataset):
     """Item i -> ``[V, 3, H, W]``: V views of image i; view v is ``transform`` under a fixed seed
     (the test transform with V = 1 is just the deterministic test view)."""
@@ -39,12 +47,8 @@ class ViewDataset(Dataset):
 
     def __getitem__(self, i: int) -> Tensor:
         img = read_image(self.impaths[i])
-        out = []
-        for v in range(self.views):
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(view_seed(self.impaths[i], v, self.seed, self.root))
-                out.append(self.transform(img))
-        return torch.stack(out)
+        return torch.stack([make_view(img, self.transform, self.impaths[i], v, self.seed, self.root)
+                            for v in range(self.views)])
 
 
 @torch.no_grad()

@@ -29,7 +29,7 @@ from fsclip.engine.data.base import empty_split_message
 from fsclip.engine.utils import count_num_param
 from fsclip.errors import ConfigError, DataError
 
-from .cache import FeatureCache, default_cache_dir, fingerprint_tensors
+from .cache import cache_from_cfg, fingerprint_tensors
 from .extract import describe_transform, extract_views, impaths_of, labels_of
 from .heads import make_pooling_head, trunk_forward, trunk_kind
 from .prompts import prompt_classifier
@@ -89,8 +89,7 @@ class FrozenFeatureTrainer(TrainerX):
         # the transforms the data loaders already use (Dassl's DataManager keeps them only there)
         self.tfm_train = self._loader_transform(self.train_loader_x) or build_transform(cfg, is_train=True)
         self.tfm_test = self._loader_transform(self.test_loader) or build_transform(cfg, is_train=False)
-        cache_dir = fc.CACHE_DIR or default_cache_dir()
-        self.cache = FeatureCache("" if cache_dir.lower() == "none" else cache_dir, int(fc.MAX_GB * 2**30))
+        self.cache = cache_from_cfg(fc)
         self.backbone_id = fingerprint_tensors(self.visual.state_dict())
         self._test_allowed = False
         self._features: dict = {}

@@ -12,9 +12,12 @@ ResNet (ModifiedResNet), ``x -> G(x) -> attnpool``:
     ``attnpool_forward(attnpool, G(x))`` equals ``visual.attnpool(G(x))`` and so
     ``visual(x)``: ``[B, D]``;
     ``attnpool_dense(attnpool, G(x))`` gives every token through the value and output
-    projections, ``[B, 1 + HW, D]`` (see its docstring).
+    projections, ``[B, 1 + HW, D]`` (see its docstring);
+    ``attnpool_all_tokens(attnpool, G(x))`` runs the pool's attention for every token as a
+    query, ``[B, 1 + HW, D]`` (row 0 = ``attnpool_forward``).
 
 ViT (VisionTransformer; clip's transformer is sequence-first, these functions are batch-first):
+    ``vit_embed(visual, x)`` are the tokens entering the first block;
     ``vit_tokens(visual, x, k)`` are the ``[B, 1 + HW, width]`` tokens after the last block
     (k = 0) or before the last k blocks; ``vit_run_blocks(visual, tokens, start)`` runs blocks
     ``start:``; ``vit_head(visual, tokens)`` is ``ln_post(class token) @ proj``: ``[B, D]``;
@@ -250,6 +253,33 @@ def attnpool_dense(attnpool: Any, dense: Tensor) -> Tensor:
     return F.linear(x, pool.c_proj.weight, pool.c_proj.bias)
 
 
+def attnpool_all_tokens(attnpool: Any, dense: Tensor) -> Tensor:
+    """CLIP's attention pool with every token as a query: ``[B, 1 + HW, D]``.
+
+    The pool's multi-head attention over its tokens ``t_0 = mean_j x_j + p_0``, ``t_j = x_j + p_j``
+    is run for all 1 + HW queries instead of the first one only, so row 0 is CLIP's pooled
+    feature (``attnpool_forward``) and rows 1..HW are spatial features, each pooled over the
+    whole map by its own attention (what CALIP's public code feeds its attention: its RN image
+    encoder returns every output token of the pool).
+    """
+    pool = _attnpool(attnpool)
+    x = _check_map(pool, dense).flatten(2).transpose(1, 2)  # [B, HW, C]
+    x = torch.cat([x.mean(dim=1, keepdim=True), x], dim=1)  # [B, L, C], L = 1 + HW
+    x = x + pool.positional_embedding.to(x.dtype)
+    b, length, c = x.shape
+    heads = int(pool.num_heads)
+
+    def split(t: Tensor) -> Tensor:  # [B, L, C] -> [B, heads, L, C / heads]
+        return t.view(b, length, heads, c // heads).transpose(1, 2)
+
+    q = split(F.linear(x, pool.q_proj.weight, pool.q_proj.bias))
+    k = split(F.linear(x, pool.k_proj.weight, pool.k_proj.bias))
+    v = split(F.linear(x, pool.v_proj.weight, pool.v_proj.bias))
+    out = F.scaled_dot_product_attention(q, k, v)  # [B, heads, L, C / heads]
+    out = out.transpose(1, 2).reshape(b, length, c)
+    return F.linear(out, pool.c_proj.weight, pool.c_proj.bias)  # [B, L, D]
+
+
 # -------------------------------------------------------------------------------------- ViT
 def vit_run_blocks(model_or_visual: Any, tokens: Tensor, start: int = 0,
                    end: Optional[int] = None) -> Tensor:
@@ -263,15 +293,11 @@ def vit_run_blocks(model_or_visual: Any, tokens: Tensor, start: int = 0,
     return x.permute(1, 0, 2)  # LND -> NLD
 
 
-def vit_tokens(model_or_visual: Any, images: Tensor, n_last_blocks_skipped: int = 0) -> Tensor:
-    """ViT tokens ``[B, 1 + HW, width]`` (class token first), after the last block, or before the
-    last ``n_last_blocks_skipped`` blocks (run them with ``vit_run_blocks(visual, t, n - k)``).
-    """
+def vit_embed(model_or_visual: Any, images: Tensor) -> Tensor:
+    """The tokens entering the first block: patch embedding, class token, positional embedding
+    and ``ln_pre``, ``[B, 1 + HW, width]`` (class token first)."""
     visual = _visual(model_or_visual)
-    _require(visual, True, "vit_tokens")
-    depth = len(visual.transformer.resblocks)
-    if not 0 <= n_last_blocks_skipped <= depth:
-        raise ValueError(f"n_last_blocks_skipped must be in 0..{depth}, got {n_last_blocks_skipped}")
+    _require(visual, True, "vit_embed")
     x = visual.conv1(_prepare(visual, images))  # [B, width, grid, grid]
     x = x.flatten(2).transpose(1, 2)  # [B, grid ** 2, width]
     if x.shape[1] + 1 != visual.positional_embedding.shape[0]:
@@ -282,8 +308,19 @@ def vit_tokens(model_or_visual: Any, images: Tensor, n_last_blocks_skipped: int 
         )
     cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
     x = torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype)
-    x = visual.ln_pre(x)
-    return vit_run_blocks(visual, x, 0, depth - n_last_blocks_skipped)
+    return visual.ln_pre(x)
+
+
+def vit_tokens(model_or_visual: Any, images: Tensor, n_last_blocks_skipped: int = 0) -> Tensor:
+    """ViT tokens ``[B, 1 + HW, width]`` (class token first), after the last block, or before the
+    last ``n_last_blocks_skipped`` blocks (run them with ``vit_run_blocks(visual, t, n - k)``).
+    """
+    visual = _visual(model_or_visual)
+    _require(visual, True, "vit_tokens")
+    depth = len(visual.transformer.resblocks)
+    if not 0 <= n_last_blocks_skipped <= depth:
+        raise ValueError(f"n_last_blocks_skipped must be in 0..{depth}, got {n_last_blocks_skipped}")
+    return vit_run_blocks(visual, vit_embed(visual, images), 0, depth - n_last_blocks_skipped)
 
 
 def vit_project_tokens(model_or_visual: Any, tokens: Tensor) -> Tensor:
