@@ -33,9 +33,9 @@ def config_file(trainer: str, kit_cfg: str) -> str:
     return osp.join(REPO, "configs", "trainers", folder, f"{kit_cfg}.yaml")
 
 
-def run_kit(trainer: str, dataset: str, root: str, cache: str, out: str, seed: int,
-            kit_cfg: str = "micro_rn", shots: int = 4, opts: Optional[Sequence] = None) -> float:
-    """Train ``trainer`` on a kit dataset in this process; its final test accuracy (%)."""
+def kit_trainer(trainer: str, dataset: str, root: str, cache: str, out: str, seed: int,
+                kit_cfg: str = "micro_rn", shots: int = 4, opts: Optional[Sequence] = None):
+    """``trainer`` built on a kit dataset with its kit config (``opts``: extra KEY VALUE pairs)."""
     cfg = get_cfg_default()
     extend_cfg(cfg)
     cfg.merge_from_file(osp.join(REPO, "configs", "datasets", f"{dataset}.yaml"))
@@ -52,9 +52,15 @@ def run_kit(trainer: str, dataset: str, root: str, cache: str, out: str, seed: i
         cfg.merge_from_list(list(opts))
     resolve_max_epoch(cfg, explicit="OPTIM.MAX_EPOCH" in list(opts or [])[::2])
     set_random_seed(seed)  # as train.py does: a trainer's random init does not depend on earlier runs
+    return build_trainer(cfg)
+
+
+def run_kit(trainer: str, dataset: str, root: str, cache: str, out: str, seed: int,
+            kit_cfg: str = "micro_rn", shots: int = 4, opts: Optional[Sequence] = None) -> float:
+    """Train ``trainer`` on a kit dataset in this process; its final test accuracy (%)."""
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
-        build_trainer(cfg).train()
+        kit_trainer(trainer, dataset, root, cache, out, seed, kit_cfg, shots, opts).train()
     tail = buf.getvalue().split("Finish training")[1]
     return float(re.search(r"^\* accuracy: ([\d.]+)%$", tail, re.M).group(1))
 

@@ -114,10 +114,13 @@ def test_tip_adapter_logits_equal_eq8_by_hand():
     assert torch.allclose(adapter(f, w, scale), by_hand, atol=1e-4)
 
 
-def test_cache_keys_average_normalised_views():
-    views = torch.tensor([[[3.0, 0.0], [0.0, 2.0]]])  # one image, two views
+def test_cache_keys_average_raw_views_then_normalise():
+    """As Tip-Adapter's official code: mean of the raw view features, then L2-normalised (views
+    are not normalised first, which would give [0.707, 0.707] here)."""
+    views = torch.tensor([[[3.0, 0.0], [0.0, 2.0]], [[1.0, 1.0], [1.0, 1.0]]])  # two images, two views
     keys = cache_keys_from_views(views)
-    assert torch.allclose(keys, F.normalize(torch.tensor([[0.5, 0.5]]), dim=-1))
+    assert torch.allclose(keys, torch.tensor([[0.8321, 0.5547], [0.7071, 0.7071]]), atol=1e-4)
+    assert torch.allclose(keys, F.normalize(views.mean(dim=1), dim=-1))
 
 
 @pytest.mark.parametrize("trainer_name", ["SAFE", "SAFE_A", "TipAdapter", "TipAdapterF"])

@@ -110,7 +110,7 @@ class CLIPAdapter(FrozenFeatureTrainer):
 
         print(f"CLIP-Adapter: {views.shape[0]} images x {views.shape[1]} views, {a.EPOCHS} epochs of "
               f"{per_epoch} steps (batch {a.BATCH_SIZE}), ratio {a.RATIO:g}")
-        best = grid_search({"lr": [float(x) for x in a.LRS]}, run)
+        best = grid_search({"lr": [float(x) for x in a.LRS]}, run, keys={"lr": "TRAINER.CLIP_ADAPTER.LRS"})
         self.adapter.load_state_dict(best.state)
         self.log_choice("CLIP-Adapter", lr=best.params["lr"], epoch=best.step // per_epoch, val_accuracy=best.val_acc)
         self.save_model(max(best.step // per_epoch - 1, 0), self.output_dir, val_result=best.val_acc,

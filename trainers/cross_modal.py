@@ -85,7 +85,8 @@ class CrossModal(FrozenFeatureTrainer):
         best = sweep_linear_head(self.text_weights, self.logit_scale, views, self.labels("train"),
                                     self.global_features("val"), self.labels("val"), node,
                                     seed=max(self.cfg.SEED, 0), text=text,
-                                    text_ratio=float(getattr(node, "TEXT_RATIO", 0.0)))
+                                    text_ratio=float(getattr(node, "TEXT_RATIO", 0.0)),
+                                    node_name=f"TRAINER.{self.cfg_node}")
         self.head.load_state_dict(best.state)
         self.log_choice(type(self).__name__, lr=best.params["lr"], weight_decay=best.params["weight_decay"],
                         batch_size=best.params["batch_size"], step=best.step, val_accuracy=best.val_acc)

@@ -17,24 +17,35 @@ logits equal zero-shot CLIP's exactly. beta is read at evaluation time: change i
 SAFE-A (Eq. 9-10): Tip-Adapter-F whose cache keys and test features are SAFE's blended features.
 
 Protocol (SAFE IV-A): AdamW, cosine schedule over ITERS steps, batch 8, grid over LRS x WDS,
-early stopping on the few-shot validation split every EVAL_EVERY steps.
+early stopping on the few-shot validation split every EVAL_EVERY steps. The grid's settings
+train together as one stacked model (``fsclip.adapt.stacked``: same batches, each setting with
+its own AdamW, schedule and early stopping) or one after another (``GRID_BATCHED False``);
+both choose the same setting.
 """
 
 from __future__ import annotations
+
+from typing import Callable, Dict, List, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from yacs.config import CfgNode as CN
 
+from fsclip.adapt.extract import view_batches
 from fsclip.adapt.heads import make_pooling_head
 from fsclip.adapt.search import RunResult, grid_search, train_with_early_stopping
+from fsclip.adapt.stacked import (
+    StackedAdamW, StackedHead, cross_entropy_per_setting, grid_search_stacked, train_stacked_with_early_stopping,
+)
 from fsclip.adapt.tip import CacheAdapter, fit_cache_adapter
 from fsclip.adapt.trainer import FrozenFeatureTrainer
 from fsclip.backend import TRAINER_REGISTRY
 from fsclip.engine.optim import adamw
 
 from .tip_adapter import add_tip_cfg
+
+GRID_KEYS = {"lr": "TRAINER.SAFE.LRS", "weight_decay": "TRAINER.SAFE.WDS"}
 
 
 @TRAINER_REGISTRY.register()
@@ -60,6 +71,12 @@ class SAFE(FrozenFeatureTrainer):
         # Grid searched on val: learning rates x weight decays (AdamW)
         s.LRS = [1e-4, 1e-5, 1e-6, 1e-7]
         s.WDS = [0.0, 1e-3, 1e-5]
+        # Train the grid's settings together as one stacked model (False: one after another,
+        # the reference path; both choose the same setting)
+        s.GRID_BATCHED = True
+        # At most this many settings at once when batched (0: the whole grid); each costs one
+        # copy of the head with its gradient and AdamW state (RN50: about 240 MB)
+        s.GRID_MAX_STACK = 0
 
     def build_method(self) -> None:
         self.head_f = make_pooling_head(self.visual).to(self.device)  # AttnPool_F, starts as AttnPool_O
@@ -82,47 +99,71 @@ class SAFE(FrozenFeatureTrainer):
     def fit_safe(self) -> RunResult:
         """Algorithm 1 for every (lr, weight decay) of the grid; keeps the best on val."""
         s = self.cfg.TRAINER.SAFE
-        train = self.features("train")  # [N, V, ...] dense, CPU
-        train_y = self.labels("train")
         val = self.features("val")[:, 0]
-        val_y = self.labels("val")
-        pooled_o_val = self.pooled(self.head_o, val)  # AttnPool_O(F) of val, fixed
-        n, v = train.shape[:2]
-        bs = min(int(s.BATCH_SIZE), n)
-        seed = max(self.cfg.SEED, 0)
-
-        def run(params) -> RunResult:
-            torch.manual_seed(seed)
-            gen = torch.Generator().manual_seed(seed)
-            head = make_pooling_head(self.visual).to(self.device)  # a fresh AttnPool_F = AttnPool_O
-            opt = adamw(head.parameters(), lr=params["lr"], weight_decay=params["weight_decay"])
-            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=int(s.ITERS))
-            order: list = []
-
-            def step(_: int) -> Tensor:
-                nonlocal order
-                if len(order) < bs:
-                    order = order + torch.randperm(n, generator=gen).tolist()
-                idx, order = order[:bs], order[bs:]
-                views = torch.randint(v, (bs,), generator=gen)
-                x = train[idx, views].to(self.device)
-                return F.cross_entropy(self.clip_logits(head(x.float())), train_y[idx])
-
-            def evaluate() -> float:
-                blended = s.BETA * pooled_o_val + self.pooled(head, val)
-                return (self.clip_logits(blended).argmax(1) == val_y).float().mean().item() * 100
-
-            return train_with_early_stopping(head, step, evaluate, opt, sched, int(s.ITERS), int(s.EVAL_EVERY),
-                                             int(s.PATIENCE), params)
-
-        print(f"SAFE: {len(s.LRS) * len(s.WDS)} settings x {s.ITERS} steps (batch {bs}), "
-              f"val every {s.EVAL_EVERY} steps")
-        best = grid_search({"lr": [float(x) for x in s.LRS], "weight_decay": [float(x) for x in s.WDS]}, run)
+        self._val = (val, self.labels("val"), self.pooled(self.head_o, val))  # AttnPool_O(F) of val, fixed
+        grid = {"lr": [float(x) for x in s.LRS], "weight_decay": [float(x) for x in s.WDS]}
+        way = "trained together" if s.GRID_BATCHED else "one after another"
+        print(f"SAFE: {len(s.LRS) * len(s.WDS)} settings x {s.ITERS} steps (batch {self.batch_size()}), "
+              f"val every {s.EVAL_EVERY} steps, {way}")
+        if s.GRID_BATCHED:
+            best = grid_search_stacked(grid, self.train_stacked, int(s.GRID_MAX_STACK), keys=GRID_KEYS)
+        else:
+            best = grid_search(grid, self.train_one, keys=GRID_KEYS)
         self.head_f.load_state_dict(best.state)
         self.log_choice("SAFE", lr=best.params["lr"], weight_decay=best.params["weight_decay"],
                         step=best.step, val_accuracy=best.val_acc, beta=float(s.BETA))
         self.safe_result = best
         return best
+
+    # ---------------------------------------------------------------- Algorithm 1, per setting
+    def batch_size(self) -> int:
+        return min(int(self.cfg.TRAINER.SAFE.BATCH_SIZE), len(self.split_items("train")))
+
+    def batches(self) -> Callable[[], Tuple[Tensor, Tensor]]:
+        """``few_shot_loader.next()``: cached G(x) of shuffled images, a random view each; every
+        run (and every setting) draws the same sequence."""
+        train, labels = self.features("train"), self.labels("train")
+        next_views = view_batches(train.shape[0], train.shape[1], self.batch_size(), max(self.cfg.SEED, 0))
+
+        def next_batch() -> Tuple[Tensor, Tensor]:
+            idx, views = next_views()
+            return train[idx, views].to(self.device).float(), labels[idx]
+
+        return next_batch
+
+    def loss(self, head: torch.nn.Module, next_batch: Callable[[], Tuple[Tensor, Tensor]]) -> Tensor:
+        """Cross-entropy of logit_scale * normalize(AttnPool_F(G(x))) W_c^T (per setting: [S])."""
+        x, y = next_batch()
+        return cross_entropy_per_setting(self.clip_logits(head(x)), y)
+
+    def val_accuracy(self, head: torch.nn.Module) -> Tensor:
+        """Accuracy (%) on val of Eq. (3)-(4) with ``head`` as AttnPool_F (per setting: [S])."""
+        val, val_y, pooled_o = self._val
+        blended = self.cfg.TRAINER.SAFE.BETA * pooled_o + self.pooled(head, val)
+        return (self.clip_logits(blended).argmax(dim=-1) == val_y).float().mean(dim=-1) * 100
+
+    def train_one(self, params: Dict[str, float]) -> RunResult:
+        """One setting: a fresh AttnPool_F = AttnPool_O, AdamW, cosine schedule, early stopping."""
+        s = self.cfg.TRAINER.SAFE
+        torch.manual_seed(max(self.cfg.SEED, 0))
+        head = make_pooling_head(self.visual).to(self.device)
+        opt = adamw(head.parameters(), lr=params["lr"], weight_decay=params["weight_decay"])
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=int(s.ITERS))
+        next_batch = self.batches()
+        return train_with_early_stopping(head, lambda _: self.loss(head, next_batch), lambda: self.val_accuracy(head).item(),
+                                         opt, sched, int(s.ITERS), int(s.EVAL_EVERY), int(s.PATIENCE), params)
+
+    def train_stacked(self, settings: List[Dict[str, float]]) -> List[RunResult]:
+        """The same for several settings at once: stacked copies, one batch, one step for all."""
+        s = self.cfg.TRAINER.SAFE
+        torch.manual_seed(max(self.cfg.SEED, 0))
+        head = StackedHead(self.visual, len(settings)).to(self.device)
+        opt = StackedAdamW(list(head.parameters()), [p["lr"] for p in settings], [p["weight_decay"] for p in settings])
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt.optimizer, T_max=int(s.ITERS))
+        next_batch = self.batches()
+        return train_stacked_with_early_stopping(head, lambda _: self.loss(head, next_batch),
+                                                 lambda: self.val_accuracy(head), opt, sched, int(s.ITERS),
+                                                 int(s.EVAL_EVERY), int(s.PATIENCE), settings)
 
 
 @TRAINER_REGISTRY.register()

@@ -5,8 +5,12 @@ Eq. 6  L_train = OneHot(L_N)                 values
 Eq. 7  f = AttnPool_O(G(x_t))                test feature (L2-normalised)
 Eq. 8  logits = alpha * phi(f F_train^T) L_train + logit_scale * f W_c^T,  phi(x) = exp(-gamma (1 - x))
 
-TipAdapter is training-free; TipAdapterF trains the keys. alpha and gamma are searched on the
-few-shot validation split (the official code searches them on the test set; we do not).
+TipAdapter is training-free; TipAdapterF trains the keys. alpha and gamma, and Tip-Adapter-F's
+epoch, are chosen on the few-shot validation split. The official code (gaopengcuhk/Tip-Adapter)
+searches alpha/gamma on val in main.py but on the test set in main_imagenet.py, and keeps
+Tip-Adapter-F's epoch with the best test accuracy in both; we never look at the test set.
+Cache keys are built as the official code builds them: raw view features averaged, then
+L2-normalised (``fsclip.adapt.tip.cache_keys_from_views``).
 """
 
 from __future__ import annotations

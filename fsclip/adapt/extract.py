@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os.path as osp
-from typing import Any, Callable, List, Optional, Sequence
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -85,3 +85,21 @@ def labels_of(items: Sequence[Any]) -> Tensor:
 
 def impaths_of(items: Sequence[Any]) -> List[str]:
     return [d.impath for d in items]
+
+
+def view_batches(n: int, views: int, batch_size: int, seed: int) -> Callable[[], Tuple[List[int], Tensor]]:
+    """A few-shot loader over cached views: each call gives ``(images, views)`` for one batch,
+    ``batch_size`` image indices from a reshuffled order (epoch after epoch) and one random view
+    of each. The same ``seed`` gives the same sequence (every setting of a grid sees the same
+    batches)."""
+    gen = torch.Generator().manual_seed(seed)
+    order: List[int] = []
+
+    def next_batch() -> Tuple[List[int], Tensor]:
+        nonlocal order
+        if len(order) < batch_size:
+            order = order + torch.randperm(n, generator=gen).tolist()
+        idx, order = order[:batch_size], order[batch_size:]
+        return idx, torch.randint(views, (len(idx),), generator=gen)
+
+    return next_batch

@@ -15,11 +15,17 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from fsclip.clip.features import attnpool_forward, is_vit, resnet_trunk, vit_tokens
+from fsclip.clip.features import (
+    attnpool_forward, is_vit, resnet_trunk, vit_head_params, vit_head_single_query, vit_tokens,
+)
 
 
 class ViTPoolingHead(nn.Module):
-    """Last ViT block + ln_post + proj applied to batch-first tokens: ``[B, L, width] -> [B, D]``."""
+    """Last ViT block + ln_post + proj applied to batch-first tokens: ``[B, L, width] -> [B, D]``.
+
+    Computed for the class token only (``vit_head_single_query``): same output as running the
+    block on every token, up to float rounding.
+    """
 
     def __init__(self, visual: Any) -> None:
         super().__init__()
@@ -28,9 +34,8 @@ class ViTPoolingHead(nn.Module):
         self.proj = nn.Parameter(visual.proj.detach().clone())
 
     def forward(self, tokens: Tensor) -> Tensor:
-        x = tokens.to(self.proj.dtype).permute(1, 0, 2)  # [L, B, width]
-        x = self.block(x).permute(1, 0, 2)  # [B, L, width]
-        return self.ln_post(x[:, 0, :]) @ self.proj  # [B, D]
+        params = vit_head_params(self.block, self.ln_post, self.proj)
+        return vit_head_single_query(tokens.to(self.proj.dtype), **params, eps=self.ln_post.eps)  # [B, D]
 
 
 class AttnPoolHead(nn.Module):

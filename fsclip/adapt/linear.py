@@ -136,7 +136,7 @@ def add_linear_head_cfg(node: CN) -> CN:
 def sweep_linear_head(zero_shot: Tensor, scale: float, views: Tensor, labels: Tensor, val_features: Tensor,
                       val_labels: Tensor, hcfg: Any, seed: int = 0,
                       text: Optional[Tuple[Tensor, Tensor]] = None, text_ratio: float = 0.5,
-                      log: Callable[[str], None] = print) -> RunResult:
+                      log: Callable[[str], None] = print, node_name: str = "") -> RunResult:
     """Fine-tune a :class:`LinearHead` from ``zero_shot`` for every (lr, weight decay, batch size)
     of ``hcfg`` and keep the run with the best val accuracy.
 
@@ -144,6 +144,8 @@ def sweep_linear_head(zero_shot: Tensor, scale: float, views: Tensor, labels: Te
     extra samples that fill ``int(batch * text_ratio)`` of each batch (cross-modal training).
     A batch size whose image (or text) part exceeds the samples there are is left out of the
     grid, as the reference does (all left out: the smallest one, with its parts capped).
+    Diverged runs are left out (``grid_search``); ``node_name`` (e.g. ``TRAINER.CROSSMODAL``)
+    names the config keys in the error raised when every run diverged.
     """
     n = views.shape[0]
     m = 0 if text is None else text[0].shape[0]
@@ -175,7 +177,8 @@ def sweep_linear_head(zero_shot: Tensor, scale: float, views: Tensor, labels: Te
                              int(hcfg.PATIENCE), params)
 
     grid = {"lr": [float(x) for x in hcfg.LRS], "weight_decay": [float(x) for x in hcfg.WDS], "batch_size": valid}
-    return grid_search(grid, run, log=log)
+    keys = {"lr": "LRS", "weight_decay": "WDS", "batch_size": "BATCH_SIZES"}
+    return grid_search(grid, run, log=log, keys={k: f"{node_name}.{v}" for k, v in keys.items()} if node_name else None)
 
 
 # --------------------------------------------------------------------------- logistic regression

@@ -1,7 +1,8 @@
 """Tip-Adapter's cache model (SAFE Eq. 5-8), shared by TipAdapter, TipAdapterF and SAFE-A.
 
-Keys F_train [NK, D] are L2-normalised few-shot image features (the mean over augmented views,
-normalised again), values L_train [NK, N] their one-hot labels. For a normalised test feature f:
+Keys F_train [NK, D] are the few-shot image features averaged over the augmented views, then
+L2-normalised (the raw features are averaged, as the official code builds them), values
+L_train [NK, N] their one-hot labels. For a normalised test feature f:
 
     logits = alpha * phi(f F_train^T) L_train + logit_scale * f W_c^T,   phi(x) = exp(-gamma (1 - x))
 """
@@ -17,12 +18,13 @@ from torch import Tensor
 
 from fsclip.engine.optim import adamw
 
+from .extract import view_batches
+
 
 def cache_keys_from_views(view_features: Tensor) -> Tensor:
-    """[NK, V, D] per-view features -> [NK, D] keys: mean over views of normalised features,
-    normalised again."""
-    f = F.normalize(view_features.float(), dim=-1).mean(dim=1)
-    return F.normalize(f, dim=-1)
+    """[NK, V, D] raw per-view features -> [NK, D] keys: the mean over views, then L2-normalised
+    (Tip-Adapter's official cache: views are not normalised before averaging)."""
+    return F.normalize(view_features.float().mean(dim=1), dim=-1)
 
 
 def one_hot_values(labels: Tensor, num_classes: int) -> Tensor:
@@ -110,6 +112,8 @@ def fit_cache_adapter(adapter: CacheAdapter, view_features: Tensor, labels: Tens
     (Tip-Adapter-F) the keys are trained with cross-entropy on Eq. 8 at the initial alpha/gamma
     (AdamW, cosine schedule, a random view per image per step), keeping the epoch with the best
     validation accuracy. Then alpha and gamma are searched on validation (Tip-Adapter's grid).
+    If the fine-tuning diverges (loss NaN/inf) the run fails with a ``TrainingDivergedError``
+    naming ``TRAINER.TIP.LR``.
     """
     device = adapter.keys.device
     num_classes = text_weights.shape[0]
@@ -119,25 +123,20 @@ def fit_cache_adapter(adapter: CacheAdapter, view_features: Tensor, labels: Tens
     alpha0, gamma0 = float(tcfg.INIT_ALPHA), float(tcfg.INIT_GAMMA)
     out: Dict[str, float] = {}
     if finetune:
-        from .search import train_with_early_stopping
+        from .search import choose_best, train_with_early_stopping
 
         n, v = view_features.shape[:2]
         bs = min(int(tcfg.BATCH_SIZE), n)
         per_epoch = math.ceil(n / bs)
         steps = int(tcfg.EPOCHS) * per_epoch
-        gen = torch.Generator().manual_seed(seed)
+        next_batch = view_batches(n, v, bs, seed)
         opt = adamw([adapter.keys], lr=float(tcfg.LR), eps=float(tcfg.EPS),
                     weight_decay=float(tcfg.WEIGHT_DECAY))
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
-        order: list = []
         train_y = labels.to(device)
 
         def step(_: int) -> Tensor:
-            nonlocal order
-            if len(order) < bs:
-                order = order + torch.randperm(n, generator=gen).tolist()
-            idx, order = order[:bs], order[bs:]
-            views = torch.randint(v, (len(idx),), generator=gen)
+            idx, views = next_batch()
             f = F.normalize(view_features[idx, views].float().to(device), dim=-1)
             return F.cross_entropy(adapter(f, text_weights, logit_scale, alpha0, gamma0), train_y[idx])
 
@@ -147,7 +146,9 @@ def fit_cache_adapter(adapter: CacheAdapter, view_features: Tensor, labels: Tens
             return (pred == val_y).float().mean().item() * 100
 
         res = train_with_early_stopping(adapter, step, evaluate, opt, sched, steps, per_epoch,
-                                        params={"lr": float(tcfg.LR)})
+                                        params={"lr": float(tcfg.LR), "weight_decay": float(tcfg.WEIGHT_DECAY)},
+                                        log=log)
+        choose_best([res], keys={"lr": "TRAINER.TIP.LR", "weight_decay": "TRAINER.TIP.WEIGHT_DECAY"}, log=None)
         out["finetune_val_acc"] = res.val_acc
         out["finetune_epoch"] = res.step / per_epoch
         log(f"* cache keys fine-tuned: best val accuracy {res.val_acc:.2f}% after {res.step} steps")

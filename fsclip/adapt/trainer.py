@@ -157,11 +157,12 @@ class FrozenFeatureTrainer(TrainerX):
 
     @torch.no_grad()
     def pooled(self, head: torch.nn.Module, dense: Tensor, batch_size: int = 256) -> Tensor:
-        """``head`` over dense features ``[N, ...]`` in batches: ``[N, D]`` float on the device."""
+        """``head`` over dense features ``[N, ...]`` in batches: ``[N, D]`` float on the device
+        (``[S, N, D]`` for S stacked copies, ``fsclip.adapt.stacked``)."""
         head.eval()
         out = [head(dense[i:i + batch_size].to(self.device).float()).float()
                for i in range(0, dense.shape[0], batch_size)]
-        return torch.cat(out)
+        return torch.cat(out, dim=-2)
 
     def global_features(self, split: str, augmented: Optional[bool] = None) -> Tensor:
         """CLIP's own image features ``AttnPool_O(G(x))`` of ``split`` (unnormalised, float32 on the

@@ -21,12 +21,13 @@ ViT (VisionTransformer; clip's transformer is sequence-first, these functions ar
     ``vit_tokens(visual, x, k)`` are the ``[B, 1 + HW, width]`` tokens after the last block
     (k = 0) or before the last k blocks; ``vit_run_blocks(visual, tokens, start)`` runs blocks
     ``start:``; ``vit_head(visual, tokens)`` is ``ln_post(class token) @ proj``: ``[B, D]``;
-    ``vit_project_tokens`` applies ``ln_post`` and ``proj`` to every token.
+    ``vit_project_tokens`` applies ``ln_post`` and ``proj`` to every token;
+    ``vit_head_single_query`` is the last block + ``vit_head`` computed for the class token only.
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -104,25 +105,135 @@ def attnpool_forward(attnpool: Any, dense: Tensor) -> Tensor:
     (the constant cancels in the softmax; the weights a_hl sum to 1). That is three C x C
     products per image instead of 2 (1 + HW) + 1, about 30x fewer projection multiply-adds for
     RN50 (C = 2048, 7 x 7 map); measured forward+backward, where the weight gradients remain,
-    about 5x faster. Training AttnPool_F (SAFE) is what this speeds up.
+    about 5x faster. Training AttnPool_F (SAFE) is what this speeds up. The arithmetic is
+    ``attnpool_single_query`` (shared with the stacked copies of ``fsclip.adapt.stacked``),
+    with every weight applied as ``F.linear`` applies it (``x @ W^T``: on a CPU, ``W @ x^T`` for
+    a few images runs at half the speed).
 
     ``dense`` is cast to the pool's weight dtype; its spatial size must match the pool's
     positional embedding (the model's input resolution / 32).
     """
     pool = _attnpool(attnpool)
-    x = _check_map(pool, dense).flatten(2).transpose(1, 2)  # [B, HW, C]
-    x = torch.cat([x.mean(dim=1, keepdim=True), x], dim=1)  # [B, L, C], L = 1 + HW
-    x = x + pool.positional_embedding.to(x.dtype)
-    b, _, c = x.shape
+    return attnpool_single_query(attnpool_tokens(_check_map(pool, dense)), **attnpool_params(pool))
+
+
+def attnpool_tokens(dense: Tensor) -> Tensor:
+    """``[B, C, H, W]`` map -> the pool's input tokens ``[B, 1 + HW, C]``: the mean token first,
+    then the map in row-major order (before the positional embedding)."""
+    x = dense.flatten(2).transpose(1, 2)  # [B, HW, C]
+    return torch.cat([x.mean(dim=1, keepdim=True), x], dim=1)
+
+
+def attnpool_params(attnpool: Any) -> Dict[str, Tensor]:
+    """The pool's parameters in the shapes ``attnpool_single_query`` takes (views, so gradients
+    and in-place writes reach the module). The key bias is absent: it cancels in the softmax."""
+    pool = _attnpool(attnpool)
+    c = pool.q_proj.weight.shape[1]
     heads = int(pool.num_heads)
-    d = pool.q_proj.weight.shape[0] // heads
-    q = F.linear(x[:, 0], pool.q_proj.weight, pool.q_proj.bias) * d ** -0.5  # [B, C]
-    qk = torch.einsum("bhd,hdc->bhc", q.view(b, heads, d), pool.k_proj.weight.view(heads, d, c))  # [B, H, C]
-    attn = torch.einsum("bhc,blc->bhl", qk, x).softmax(dim=-1)  # [B, H, L]
-    mixed = torch.einsum("bhl,blc->bhc", attn, x)  # [B, H, C]
-    out = torch.einsum("bhc,hdc->bhd", mixed, pool.v_proj.weight.view(heads, d, c))  # [B, H, d]
-    out = out.reshape(b, heads * d) + pool.v_proj.bias
-    return F.linear(out, pool.c_proj.weight, pool.c_proj.bias)  # [B, D]
+    return {
+        "pos": pool.positional_embedding.to(pool.q_proj.weight.dtype),  # [L, C] (fp32 in CLIP's fp16 models)
+        "wq": pool.q_proj.weight, "bq": pool.q_proj.bias,  # [C, C], [C]
+        "wk": pool.k_proj.weight.view(heads, c // heads, c),  # [H, d, C]
+        "wv": pool.v_proj.weight.view(heads, c // heads, c), "bv": pool.v_proj.bias,  # [H, d, C], [C]
+        "wc": pool.c_proj.weight, "bc": pool.c_proj.bias,  # [D, C], [D]
+    }
+
+
+class _WeightProduct(torch.autograd.Function):
+    """``x @ weight^T`` (``transposed``, as ``F.linear``) or ``x @ weight``, with the weight's
+    gradient computed in the weight's own layout (``bmm``'s backward gives it transposed for
+    ``x @ weight^T``, and a per-head view of a weight then copies it: 16 MB per projection and
+    step at RN50 size). ``into_grad``: the gradient is written into ``weight.grad``, allocated
+    once and overwritten by every backward, instead of handed to autograd (for a leaf used once
+    per forward: the stacked copies of ``fsclip.adapt.stacked``, whose gradients would otherwise
+    be S times larger fresh allocations every step)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, transposed: bool, into_grad: bool) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x)
+        ctx.weight, ctx.transposed, ctx.into_grad = weight, transposed, into_grad
+        return x @ weight.mT if transposed else x @ weight
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        (x,), w = ctx.saved_tensors, ctx.weight
+        grad_w = None
+        if ctx.needs_input_grad[1]:
+            out = None
+            if ctx.into_grad:
+                if w.grad is None:
+                    w.grad = torch.empty_like(w)
+                out = w.grad
+            grad_w = torch.matmul(grad.mT, x, out=out) if ctx.transposed else torch.matmul(x.mT, grad, out=out)
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            grad_x = grad @ w if ctx.transposed else grad @ w.mT
+        return grad_x, None if ctx.into_grad else grad_w, None, None
+
+
+def weight_product(x: Tensor, weight: Tensor, transposed: bool, into_grad: bool = False) -> Tensor:
+    """``x @ weight^T`` (as ``F.linear``) when ``transposed``, else ``x @ weight``: how the
+    single-query functions below multiply activations by weights (see ``_WeightProduct``)."""
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
+        return _WeightProduct.apply(x, weight, transposed, into_grad)
+    return x @ weight.mT if transposed else x @ weight
+
+
+Product = Callable[[Tensor, Tensor, bool], Tensor]
+
+
+def single_query_attention(q: Tensor, keys: Tensor, wk: Tensor, wv: Tensor, bv: Tensor,
+                           mm: Product = weight_product, scale: Optional[Tensor] = None,
+                           shift: Optional[Tensor] = None, pos: Optional[Tensor] = None) -> Tensor:
+    """Multi-head attention of one query per image over tokens ``y_l``, without projecting every
+    token (see ``attnpool_forward``): ``[*S, B, C]``.
+
+    ``q`` ``[*S, B, C]`` (scaled); ``wk``/``wv`` ``[*S, H, d, C]``, ``bv`` ``[*S, C]``; ``*S`` are
+    optional leading setting dimensions (stacked copies, ``fsclip.adapt.stacked``). The tokens
+    are ``y_l = keys_l`` for ``keys`` ``[B, L, C]``, shared by every setting (one product per
+    image for all settings and heads), plus two optional per-setting terms:
+
+    * ``pos`` ``[*S, L, C]``: ``y_l = keys_l + pos_l``, taken as separate products (scores
+      ``q.keys_l + q.pos_l``, mixed token ``sum a_l keys_l + sum a_l pos_l``) so no per-setting
+      copy of the tokens is made;
+    * ``scale``/``shift`` ``[*S, C]`` (a LayerNorm's affine part): ``y_l = keys_l * scale +
+      shift``; ``shift`` adds a constant to every score of a head, which cancels in the
+      softmax, and the mixed token is ``(sum_l a_hl keys_l) * scale + shift``.
+    """
+    lead, (heads, d, c), (b, n_tok) = wk.shape[:-3], wk.shape[-3:], keys.shape[:2]
+    per_channel = (*lead, 1, 1, c)
+    qk = mm(q.reshape(*lead, b, heads, d).transpose(-3, -2), wk, False)  # [*S, H, B, C]: Wk_h^T q_h
+    if scale is not None:
+        qk = qk * scale.reshape(per_channel)
+    scores = qk.reshape(-1, b, c).transpose(0, 1) @ keys.mT  # [B, S*H, L]
+    scores = scores.transpose(0, 1).reshape(*lead, heads, b, n_tok)  # [*S, H, B, L]
+    if pos is not None:
+        scores = scores + (qk.reshape(*lead, heads * b, c) @ pos.mT).reshape(scores.shape)
+    attn = scores.softmax(dim=-1)
+    mixed = attn.reshape(-1, b, n_tok).transpose(0, 1) @ keys  # [B, S*H, C]: sum_l a_hl keys_l
+    mixed = mixed.transpose(0, 1).reshape(*lead, heads, b, c)  # [*S, H, B, C]
+    if pos is not None:
+        mixed = mixed + (attn.reshape(*lead, heads * b, n_tok) @ pos).reshape(mixed.shape)
+    if scale is not None:
+        mixed = mixed * scale.reshape(per_channel) + shift.reshape(per_channel)
+    out = mm(mixed, wv, True)  # [*S, H, B, d]: Wv_h (mixed token)
+    return out.transpose(-3, -2).reshape(*lead, b, c) + bv.unsqueeze(-2)  # [*S, B, C]
+
+
+def attnpool_single_query(tokens: Tensor, pos: Tensor, wq: Tensor, bq: Tensor, wk: Tensor, wv: Tensor,
+                          bv: Tensor, wc: Tensor, bc: Tensor, mm: Product = weight_product) -> Tensor:
+    """The attention pool's arithmetic on ``attnpool_tokens`` ``[B, L, C]``: ``[*S, B, D]``.
+
+    Parameters as ``attnpool_params`` gives them, optionally with leading setting dimensions
+    ``*S`` (one copy of the pool per setting, all applied to the same tokens).
+    """
+    d = wk.shape[-2]
+    q = (mm(tokens[:, 0] + pos[..., :1, :], wq, True) + bq.unsqueeze(-2)) * d ** -0.5  # [*S, B, C]
+    if pos.dim() == 2:  # one pool: add the positional embedding to the tokens
+        out = single_query_attention(q, tokens + pos, wk, wv, bv, mm)  # [B, C]
+    else:  # stacked pools: no per-setting copy of the tokens
+        out = single_query_attention(q, tokens, wk, wv, bv, mm, pos=pos)  # [*S, B, C]
+    return mm(out, wc, True) + bc.unsqueeze(-2)  # [*S, B, D]
 
 
 def attnpool_dense(attnpool: Any, dense: Tensor) -> Tensor:
@@ -136,9 +247,8 @@ def attnpool_dense(attnpool: Any, dense: Tensor) -> Tensor:
     pooled feature would be the mean of all 1 + HW rows, since both projections are affine.
     """
     pool = _attnpool(attnpool)
-    x = _check_map(pool, dense).flatten(2).transpose(1, 2)  # [B, HW, C]
-    x = torch.cat([x.mean(dim=1, keepdim=True), x], dim=1)  # [B, 1 + HW, C]
-    x = x + pool.positional_embedding.to(x.dtype)
+    x = attnpool_tokens(_check_map(pool, dense))
+    x = x + pool.positional_embedding.to(x.dtype)  # [B, 1 + HW, C]
     x = F.linear(x, pool.v_proj.weight, pool.v_proj.bias)
     return F.linear(x, pool.c_proj.weight, pool.c_proj.bias)
 
@@ -224,6 +334,53 @@ def vit_project_tokens(model_or_visual: Any, tokens: Tensor) -> Tensor:
 def vit_head(model_or_visual: Any, tokens: Tensor) -> Tensor:
     """CLIP's ViT output from final tokens: ``ln_post(tokens[:, 0]) @ proj``, ``[B, D]``."""
     return vit_project_tokens(model_or_visual, tokens[:, 0, :])
+
+
+def vit_head_params(block: Any, ln_post: Any, proj: Tensor) -> Dict[str, Tensor]:
+    """The last ViT block, ``ln_post`` and ``proj`` in the shapes ``vit_head_single_query`` takes
+    (views of the modules' parameters)."""
+    attn = block.attn
+    w, heads = attn.embed_dim, attn.num_heads
+    inp = attn.in_proj_weight  # [3w, w]: query, key, value
+    return {
+        "ln1_w": block.ln_1.weight, "ln1_b": block.ln_1.bias,
+        "wq": inp[:w], "wk": inp[w:2 * w].view(heads, w // heads, w), "wv": inp[2 * w:].view(heads, w // heads, w),
+        "b_in": attn.in_proj_bias,  # [3w]; the key part cancels in the softmax
+        "wo": attn.out_proj.weight, "bo": attn.out_proj.bias,
+        "ln2_w": block.ln_2.weight, "ln2_b": block.ln_2.bias,
+        "wfc": block.mlp.c_fc.weight, "bfc": block.mlp.c_fc.bias,
+        "wpr": block.mlp.c_proj.weight, "bpr": block.mlp.c_proj.bias,
+        "lnp_w": ln_post.weight, "lnp_b": ln_post.bias, "proj": proj,  # proj [w, D]
+    }
+
+
+def _affine(x: Tensor, weight: Tensor, bias: Tensor, n_mid: int) -> Tensor:
+    """``x * weight + bias`` with ``weight``/``bias`` ``[*S, w]`` broadcast over ``n_mid`` dims."""
+    shape = weight.shape[:-1] + (1,) * n_mid + weight.shape[-1:]
+    return x * weight.reshape(shape) + bias.reshape(shape)
+
+
+def vit_head_single_query(tokens: Tensor, ln1_w: Tensor, ln1_b: Tensor, wq: Tensor, wk: Tensor, wv: Tensor,
+                          b_in: Tensor, wo: Tensor, bo: Tensor, ln2_w: Tensor, ln2_b: Tensor, wfc: Tensor,
+                          bfc: Tensor, wpr: Tensor, bpr: Tensor, lnp_w: Tensor, lnp_b: Tensor, proj: Tensor,
+                          mm: Product = weight_product, eps: float = 1e-5) -> Tensor:
+    """``ln_post(last_block(tokens)[:, 0]) @ proj`` from batch-first tokens ``[B, L, width]`` before
+    the last block: ``[*S, B, D]``, equal to ``vit_head(visual, vit_run_blocks(visual, tokens, -1))``.
+
+    Only the class token's output is used, so only its row is computed: the other tokens enter
+    as keys and values of one query, in the single-query form of ``attnpool_forward`` (no key or
+    value projection of every token), and the MLP runs on one token. For ViT-B/16 (197 tokens)
+    that is about 100x fewer multiply-adds than running the block. Parameters as
+    ``vit_head_params`` gives them, optionally with leading setting dimensions ``*S``.
+    """
+    w, d = tokens.shape[-1], wk.shape[-2]
+    n = F.layer_norm(tokens, (w,), eps=eps)  # ln_1 before its affine part (shared): [B, L, w]
+    q = (mm(_affine(n[:, 0], ln1_w, ln1_b, 1), wq, True) + b_in[..., None, :w]) * d ** -0.5  # [*S, B, w]
+    attn = single_query_attention(q, n, wk, wv, b_in[..., 2 * w:], mm, ln1_w, ln1_b)  # [*S, B, w]
+    x = tokens[:, 0] + mm(attn, wo, True) + bo.unsqueeze(-2)  # class token + attention: [*S, B, w]
+    h = mm(_affine(F.layer_norm(x, (w,), eps=eps), ln2_w, ln2_b, 1), wfc, True) + bfc.unsqueeze(-2)  # [*S, B, 4w]
+    x = x + mm(h * torch.sigmoid(1.702 * h), wpr, True) + bpr.unsqueeze(-2)  # QuickGELU MLP: [*S, B, w]
+    return mm(_affine(F.layer_norm(x, (w,), eps=eps), lnp_w, lnp_b, 1), proj, False)  # ln_post, proj: [*S, B, D]
 
 
 # ---------------------------------------------------------------------------------- both
