@@ -20,11 +20,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	@echo "==> Test suite (learning tests excluded: make test-learning)"
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q tests --durations=15
 
 test-learning: $(STAMP)
 	@echo "==> Learning tests: every method against zero-shot CLIP on the kit"
-	$(PY) -m pytest -q tests -m learning
+	$(PY) -m pytest -q tests -m learning --durations=15
 
 venv: $(STAMP)
 
