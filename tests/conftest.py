@@ -88,6 +88,31 @@ def set_opts(cfg, **opts):
     return cfg
 
 
+def method_cfg(toy_root: str, tmp_path, weights: str, trainer: str, train_views: int, prompts: str):
+    """A method's config on ToyImages (2 shots, seed 1, 64 px, augmented views, a feature cache
+    under ``tmp_path``) with the tiny CLIP ``weights``; test files add their method's budgets."""
+    from fsclip.cli import extend_cfg
+    from fsclip.engine.config import get_cfg_default
+
+    cfg = get_cfg_default()
+    extend_cfg(cfg)
+    cfg.DATASET.NAME = "ToyImages"
+    cfg.DATASET.ROOT = toy_root
+    cfg.DATASET.NUM_SHOTS = 2
+    cfg.SEED = 1
+    cfg.OUTPUT_DIR = str(tmp_path / "out" / trainer)
+    cfg.TRAINER.NAME = trainer
+    cfg.MODEL.BACKBONE.NAME = weights
+    cfg.INPUT.SIZE = (64, 64)
+    cfg.INPUT.TRANSFORMS = ("random_resized_crop", "random_flip", "normalize")
+    cfg.DATALOADER.NUM_WORKERS = 0
+    cfg.USE_CUDA = False
+    cfg.TRAINER.FEATURES.CACHE_DIR = str(tmp_path / "cache")
+    cfg.TRAINER.FEATURES.TRAIN_VIEWS = train_views
+    cfg.TRAINER.FEATURES.PROMPTS = prompts
+    return cfg
+
+
 @pytest.fixture
 def toy_root(tmp_path):
     make_toy_tree(str(tmp_path))

@@ -8,14 +8,12 @@ import os.path as osp
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import set_opts
+from conftest import method_cfg, set_opts
 
 import fsclip.datasets  # noqa: F401
 import fsclip.trainers  # noqa: F401
 from fsclip.backend import build_trainer
-from fsclip.cli import extend_cfg
 from fsclip.clip.tiny import build_tiny_clip, save_tiny_clip
-from fsclip.engine.config import get_cfg_default
 from fsclip.trainers.kgcoop import kg_penalty
 from fsclip.trainers.prograd import prograd_projection
 
@@ -39,27 +37,11 @@ def rn_path(tmp_path_factory):
 
 
 def make_cfg(toy_root, tmp_path, weights, trainer, **opts):
-    cfg = get_cfg_default()
-    extend_cfg(cfg)
-    cfg.DATASET.NAME = "ToyImages"  # template "a photo of a {}."
-    cfg.DATASET.ROOT = toy_root
-    cfg.DATASET.NUM_SHOTS = 2
-    cfg.SEED = 1
-    cfg.OUTPUT_DIR = str(tmp_path / "out" / trainer)
-    cfg.TRAINER.NAME = trainer
-    cfg.MODEL.BACKBONE.NAME = weights
-    cfg.INPUT.SIZE = (64, 64)
-    cfg.INPUT.TRANSFORMS = ("random_resized_crop", "random_flip", "normalize")
-    cfg.DATALOADER.NUM_WORKERS = 0
+    cfg = method_cfg(toy_root, tmp_path, weights, trainer, 2, "single")  # template "a photo of a {}."
     cfg.DATALOADER.TRAIN_X.BATCH_SIZE = 4
-    cfg.USE_CUDA = False
     cfg.OPTIM.NAME = "sgd"
     cfg.OPTIM.LR = 0.01
     cfg.OPTIM.MAX_EPOCH = 2
-    f = cfg.TRAINER.FEATURES
-    f.CACHE_DIR = str(tmp_path / "cache")
-    f.TRAIN_VIEWS = 2
-    f.PROMPTS = "single"
     node = cfg.TRAINER[{"CoOp": "COOP", "CoCoOp": "COCOOP", "ProGrad": "PROGRAD", "KgCoOp": "KGCOOP"}[trainer]]
     node.CTX_INIT = "a photo of a"
     return set_opts(cfg, **opts)

@@ -10,7 +10,7 @@ import os.path as osp
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import REPO, set_opts
+from conftest import REPO, method_cfg, set_opts
 
 import fsclip.datasets  # noqa: F401
 import fsclip.trainers  # noqa: F401
@@ -175,28 +175,12 @@ def tiny_vit_path(tmp_path_factory):
 
 
 def make_cfg(toy_root, tmp_path, weights, trainer, **opts):
-    cfg = get_cfg_default()
-    extend_cfg(cfg)
-    cfg.DATASET.NAME = "ToyImages"
-    cfg.DATASET.ROOT = toy_root
-    cfg.DATASET.NUM_SHOTS = 2
-    cfg.SEED = 1
-    cfg.OUTPUT_DIR = str(tmp_path / "out" / trainer)
-    cfg.TRAINER.NAME = trainer
-    cfg.MODEL.BACKBONE.NAME = weights
-    cfg.INPUT.SIZE = (64, 64)
-    cfg.INPUT.TRANSFORMS = ("random_resized_crop", "random_flip", "normalize")
-    cfg.DATALOADER.NUM_WORKERS = 0
+    cfg = method_cfg(toy_root, tmp_path, weights, trainer, 3, "single")
     cfg.DATALOADER.TRAIN_X.BATCH_SIZE = 4
-    cfg.USE_CUDA = False
     cfg.OPTIM.NAME = "sgd"
     cfg.OPTIM.LR = 0.1
     cfg.OPTIM.MAX_EPOCH = 2
     cfg.TEST.FINAL_MODEL = "best_val"
-    f = cfg.TRAINER.FEATURES
-    f.CACHE_DIR = str(tmp_path / "cache")
-    f.TRAIN_VIEWS = 3
-    f.PROMPTS = "single"
     cfg.TRAINER.DPT.PREC = "fp32"
     cfg.TRAINER.DPT.VPT.LENGTH = 2
     cfg.TRAINER.DPT.TEXT.N_CTX = 2

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 
-import pytest
 import torch
 
 from fsclip.adapt.cache import FeatureCache, fingerprint_tensors, image_key

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import set_opts
+from conftest import method_cfg, set_opts
 
 import fsclip.datasets  # noqa: F401
 import fsclip.trainers  # noqa: F401
@@ -16,9 +16,7 @@ from fsclip.adapt.heads import trunk_forward
 from fsclip.adapt.linear import LinearHead, ViewSampler, logistic_regression, wise_ft_weights
 from fsclip.adapt.prompts import prompt_classifier, prompt_features
 from fsclip.backend import build_trainer
-from fsclip.cli import extend_cfg
 from fsclip.clip.tiny import build_tiny_clip, save_tiny_clip
-from fsclip.engine.config import get_cfg_default
 from fsclip.trainers.clip_adapter import VisualAdapter
 from fsclip.trainers.linear_probe import coop_c_search
 from fsclip.trainers.lppp import BlockDescent, LPPPHead, init_alpha, init_prototypes, step_sizes
@@ -34,23 +32,7 @@ def tiny_path(request, tmp_path_factory):
 
 
 def make_cfg(toy_root, tmp_path, weights, trainer, **opts):
-    cfg = get_cfg_default()
-    extend_cfg(cfg)
-    cfg.DATASET.NAME = "ToyImages"
-    cfg.DATASET.ROOT = toy_root
-    cfg.DATASET.NUM_SHOTS = 2
-    cfg.SEED = 1
-    cfg.OUTPUT_DIR = str(tmp_path / "out" / trainer)
-    cfg.TRAINER.NAME = trainer
-    cfg.MODEL.BACKBONE.NAME = weights
-    cfg.INPUT.SIZE = (64, 64)
-    cfg.INPUT.TRANSFORMS = ("random_resized_crop", "random_flip", "normalize")
-    cfg.DATALOADER.NUM_WORKERS = 0
-    cfg.USE_CUDA = False
-    f = cfg.TRAINER.FEATURES
-    f.CACHE_DIR = str(tmp_path / "cache")
-    f.TRAIN_VIEWS = 2
-    f.PROMPTS = "ensemble"
+    cfg = method_cfg(toy_root, tmp_path, weights, trainer, 2, "ensemble")
     for node in (cfg.TRAINER.CROSSMODAL, cfg.TRAINER.WISEFT):
         node.ITERS, node.EVAL_EVERY, node.WARMUP_ITERS = 12, 4, 2
         node.LRS, node.WDS, node.BATCH_SIZES = [1e-2], [0.0], [4]

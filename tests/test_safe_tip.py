@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from conftest import set_opts
+from conftest import method_cfg, set_opts
 
 import os.path as osp
 
@@ -16,10 +16,8 @@ from fsclip.adapt.heads import trunk_forward
 from fsclip.adapt.tip import CacheAdapter, cache_keys_from_views, tip_logits
 from fsclip.adapt.trainer import EarlyTestAccessError
 from fsclip.backend import build_trainer
-from fsclip.cli import extend_cfg
 from fsclip.clip.text import text_classifier
 from fsclip.clip.tiny import build_tiny_clip, save_tiny_clip
-from fsclip.engine.config import get_cfg_default
 
 
 @pytest.fixture(scope="module", params=["RN", "ViT"])
@@ -29,23 +27,7 @@ def tiny_path(request, tmp_path_factory):
 
 
 def make_cfg(toy_root, tmp_path, weights, trainer, **opts):
-    cfg = get_cfg_default()
-    extend_cfg(cfg)
-    cfg.DATASET.NAME = "ToyImages"
-    cfg.DATASET.ROOT = toy_root
-    cfg.DATASET.NUM_SHOTS = 2
-    cfg.SEED = 1
-    cfg.OUTPUT_DIR = str(tmp_path / "out" / trainer)
-    cfg.TRAINER.NAME = trainer
-    cfg.MODEL.BACKBONE.NAME = weights
-    cfg.INPUT.SIZE = (64, 64)
-    cfg.INPUT.TRANSFORMS = ("random_resized_crop", "random_flip", "normalize")
-    cfg.DATALOADER.NUM_WORKERS = 0
-    cfg.USE_CUDA = False
-    f = cfg.TRAINER.FEATURES
-    f.CACHE_DIR = str(tmp_path / "cache")
-    f.TRAIN_VIEWS = 2
-    f.PROMPTS = "single"
+    cfg = method_cfg(toy_root, tmp_path, weights, trainer, 2, "single")
     cfg.TRAINER.SAFE.ITERS = 10
     cfg.TRAINER.SAFE.EVAL_EVERY = 5
     cfg.TRAINER.SAFE.LRS = [1e-3]
