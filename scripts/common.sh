@@ -70,6 +70,30 @@ cfg_name() {
     echo "${1}${CFG_TAG:+_${CFG_TAG}}"
 }
 
+# seed_runs MODE TRAINER DATASET CFG BASE MODEL_BASE [train.py args ...]: run_or_skip for
+#   each seed of ${SEEDS:-1 2 3} into BASE/seedS (MODE test: eval-only of MODEL_BASE/seedS).
+#   Returns 0 when every run is done or skipped, 1 (after not_rerun_error) when some hold
+#   results of another config, or the status of the first run that failed.
+seed_runs() {
+    local mode=$1 trainer=$2 dataset=$3 cfg=$4 base=$5 model_base=$6
+    shift 6
+    local seed rc conflicts=0
+    for seed in ${SEEDS:-1 2 3}; do
+        rc=0
+        if [ "$mode" = test ]; then
+            run_or_skip test "$trainer" "$dataset" "$cfg" "$seed" "${base}/seed${seed}" \
+                --model-dir "${model_base}/seed${seed}" --eval-only "$@" || rc=$?
+        else
+            run_or_skip train "$trainer" "$dataset" "$cfg" "$seed" "${base}/seed${seed}" "$@" || rc=$?
+        fi
+        case $rc in 0|1) ;; 3) conflicts=$((conflicts + 1)) ;; *) return "$rc" ;; esac
+    done
+    if [ "$conflicts" -gt 0 ]; then
+        not_rerun_error "$conflicts" "$base"
+        return 1
+    fi
+}
+
 # fewshot_main TRAINER DATASET SHOTS [CFG] [KEY VALUE ...]
 #   Trains and tests seeds ${SEEDS:-1 2 3} into
 #   ${OUTPUT}/DATASET/TRAINER/CFG_SHOTSshots/seedS (CFG_<CFG_TAG>_SHOTSshots when CFG_TAG is
@@ -79,18 +103,8 @@ fewshot_main() {
     local trainer=$1 dataset=${2:?usage: main.sh DATASET SHOTS [CFG] [KEY VALUE ...]} shots=${3:?usage: main.sh DATASET SHOTS [CFG] [KEY VALUE ...]}
     local cfg=${4:-rn50}
     shift $(( $# < 4 ? $# : 4 ))
-    local seed rc conflicts=0
     local base="${OUTPUT}/${dataset}/${trainer}/$(cfg_name "$cfg")_${shots}shots"
-    for seed in ${SEEDS:-1 2 3}; do
-        rc=0
-        run_or_skip train "$trainer" "$dataset" "$cfg" "$seed" "${base}/seed${seed}" \
-            DATASET.NUM_SHOTS "$shots" "$@" || rc=$?
-        case $rc in 0|1) ;; 3) conflicts=$((conflicts + 1)) ;; *) return "$rc" ;; esac
-    done
-    if [ "$conflicts" -gt 0 ]; then
-        not_rerun_error "$conflicts" "$base"
-        return 1
-    fi
+    seed_runs train "$trainer" "$dataset" "$cfg" "$base" "" DATASET.NUM_SHOTS "$shots" "$@" || return $?
     $PYTHON parse_test_res.py "$base"
 }
 
@@ -102,21 +116,11 @@ fewshot_eval() {
     local trainer=$1 dataset=${2:?usage: eval.sh DATASET SHOTS [CFG] [KEY VALUE ...]} shots=${3:?usage: eval.sh DATASET SHOTS [CFG] [KEY VALUE ...]}
     local cfg=${4:-rn50}
     shift $(( $# < 4 ? $# : 4 ))
-    local seed rc conflicts=0
     local name
     name="$(cfg_name "$cfg")_${shots}shots"
     local base="${OUTPUT}/evaluation/${dataset}/${trainer}/${name}${EVAL_TAG:+_${EVAL_TAG}}"
-    for seed in ${SEEDS:-1 2 3}; do
-        rc=0
-        run_or_skip test "$trainer" "$dataset" "$cfg" "$seed" "${base}/seed${seed}" \
-            --model-dir "${OUTPUT}/${dataset}/${trainer}/${name}/seed${seed}" --eval-only \
-            DATASET.NUM_SHOTS "$shots" "$@" || rc=$?
-        case $rc in 0|1) ;; 3) conflicts=$((conflicts + 1)) ;; *) return "$rc" ;; esac
-    done
-    if [ "$conflicts" -gt 0 ]; then
-        not_rerun_error "$conflicts" "$base"
-        return 1
-    fi
+    seed_runs test "$trainer" "$dataset" "$cfg" "$base" "${OUTPUT}/${dataset}/${trainer}/${name}" \
+        DATASET.NUM_SHOTS "$shots" "$@" || return $?
     $PYTHON parse_test_res.py "$base" --test-log
 }
 
@@ -130,21 +134,11 @@ fewshot_ood() {
     shift $(( $# < 2 ? $# : 2 ))
     local source=${OOD_SOURCE:-imagenet} shots=${OOD_SHOTS:-16}
     fewshot_main "$trainer" "$source" "$shots" "$cfg" "$@"
-    local target seed rc conflicts base name
+    local target base name
     name="$(cfg_name "$cfg")_${shots}shots"
     for target in ${OOD_TARGETS:-imagenetv2 imagenet_sketch imagenet_a imagenet_r}; do
         base="${OUTPUT}/evaluation/${target}/${trainer}/${name}_from_${source}"
-        conflicts=0
-        for seed in ${SEEDS:-1 2 3}; do
-            rc=0
-            run_or_skip test "$trainer" "$target" "$cfg" "$seed" "${base}/seed${seed}" \
-                --model-dir "${OUTPUT}/${source}/${trainer}/${name}/seed${seed}" --eval-only "$@" || rc=$?
-            case $rc in 0|1) ;; 3) conflicts=$((conflicts + 1)) ;; *) return "$rc" ;; esac
-        done
-        if [ "$conflicts" -gt 0 ]; then
-            not_rerun_error "$conflicts" "$base"
-            return 1
-        fi
+        seed_runs test "$trainer" "$target" "$cfg" "$base" "${OUTPUT}/${source}/${trainer}/${name}" "$@" || return $?
         $PYTHON parse_test_res.py "$base" --test-log
     done
 }
@@ -158,18 +152,9 @@ base2new_train() {
     local trainer=$1 dataset=${2:?usage: base2new_train.sh DATASET SHOTS [CFG] [KEY VALUE ...]} shots=${3:?usage: base2new_train.sh DATASET SHOTS [CFG] [KEY VALUE ...]}
     local cfg=${4:-rn50}
     shift $(( $# < 4 ? $# : 4 ))
-    local seed rc conflicts=0
     local base="${OUTPUT}/base2new/train_base/${dataset}/${trainer}/$(cfg_name "$cfg")_${shots}shots"
-    for seed in ${SEEDS:-1 2 3}; do
-        rc=0
-        run_or_skip train "$trainer" "$dataset" "$cfg" "$seed" "${base}/seed${seed}" \
-            DATASET.NUM_SHOTS "$shots" DATASET.SUBSAMPLE_CLASSES base "$@" || rc=$?
-        case $rc in 0|1) ;; 3) conflicts=$((conflicts + 1)) ;; *) return "$rc" ;; esac
-    done
-    if [ "$conflicts" -gt 0 ]; then
-        not_rerun_error "$conflicts" "$base"
-        return 1
-    fi
+    seed_runs train "$trainer" "$dataset" "$cfg" "$base" "" \
+        DATASET.NUM_SHOTS "$shots" DATASET.SUBSAMPLE_CLASSES base "$@" || return $?
     $PYTHON parse_test_res.py "$base"
 }
 
@@ -183,21 +168,11 @@ base2new_test() {
     local trainer=$1 dataset=${2:?usage: base2new_test.sh DATASET SHOTS [CFG] [KEY VALUE ...]} shots=${3:?usage: base2new_test.sh DATASET SHOTS [CFG] [KEY VALUE ...]}
     local cfg=${4:-rn50}
     shift $(( $# < 4 ? $# : 4 ))
-    local seed rc conflicts=0
     local common
     common="${dataset}/${trainer}/$(cfg_name "$cfg")_${shots}shots"
     local base="${OUTPUT}/base2new/test_new/${common}"
-    for seed in ${SEEDS:-1 2 3}; do
-        rc=0
-        run_or_skip test "$trainer" "$dataset" "$cfg" "$seed" "${base}/seed${seed}" \
-            --model-dir "${OUTPUT}/base2new/train_base/${common}/seed${seed}" --eval-only \
-            DATASET.NUM_SHOTS "$shots" DATASET.SUBSAMPLE_CLASSES new "$@" || rc=$?
-        case $rc in 0|1) ;; 3) conflicts=$((conflicts + 1)) ;; *) return "$rc" ;; esac
-    done
-    if [ "$conflicts" -gt 0 ]; then
-        not_rerun_error "$conflicts" "$base"
-        return 1
-    fi
+    seed_runs test "$trainer" "$dataset" "$cfg" "$base" "${OUTPUT}/base2new/train_base/${common}" \
+        DATASET.NUM_SHOTS "$shots" DATASET.SUBSAMPLE_CLASSES new "$@" || return $?
     $PYTHON parse_test_res.py "${OUTPUT}/base2new/train_base/${common}" --base2new "$base"
 }
 
