@@ -479,3 +479,22 @@ def test_plot_one_line_per_method_png_and_pdf(fewshot_tree, tmp_path):
         pdf = (plots / f"{name}.pdf").read_bytes()
         assert pdf[:5] == b"%PDF-" and b"/FontFile2" in pdf and b"/Type3" not in pdf  # TrueType
     assert not [n for n in os.listdir(plots) if n.startswith(".tmp-")]
+
+
+def test_plot_methods_beyond_the_palette_keep_distinct_styles():
+    """16 methods (the kit demo's count) > 12 colours: no two curves share colour, marker and dashes."""
+    pytest.importorskip("matplotlib")
+    from matplotlib.figure import Figure
+
+    from fsclip.results.cells import Cell
+    from fsclip.results.plots import draw_panel, method_colors
+    from fsclip.results.tables import Curves
+
+    methods = [f"M{i}" for i in range(16)]
+    lines = {m: {1: Cell(50.0 + i, 1.0, 3, 3), 4: Cell(60.0 + i, 1.0, 3, 3)} for i, m in enumerate(methods)}
+    curves = Curves("accuracy", "std", [("d", "D")], methods, {"d": lines}, {})
+    ax = Figure().add_subplot()
+    draw_panel(ax, curves, "d", "D", method_colors(methods))
+    drawn = ax.get_lines()
+    styles = {(line.get_color(), line.get_marker(), str(line.get_linestyle())) for line in drawn}
+    assert len(drawn) == 16 and len(styles) == 16, styles

@@ -30,6 +30,8 @@ if TYPE_CHECKING:  # pragma: no cover
 PLOT_FORMATS = ("png", "pdf")
 _COLORS = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000",
            "#F0E442", "#882255", "#44AA99", "#999933", "#AA4499"]  # Okabe-Ito, then Tol
+_MARKERS = ["o", "s", "^", "D"]
+_DASHES = ["-", (0, (4, 1.5)), (0, (1, 1.2)), "-."]
 
 
 def require_matplotlib() -> None:
@@ -53,14 +55,16 @@ def draw_panel(ax: "Axes", curves: Curves, panel: str, title: str,
     zero = curves.zero_shot.get(panel, {})
     shots = sorted({s for series in lines.values() for s in series if s > 0})
     x0 = (_x(shots[0]) - 1) if shots else 0.0
-    for label in curves.methods:
+    for i, label in enumerate(curves.methods):
         color = colors[label]
+        cycle = i // len(_COLORS)  # past the palette: another marker and dash pattern
+        marker, dashes = _MARKERS[cycle % len(_MARKERS)], _DASHES[cycle % len(_DASHES)]
         if label in lines:
             series = sorted((s, c) for s, c in lines[label].items() if s > 0)
             xs = [_x(s) for s, _ in series]
             ys = [_value(c.mean) for _, c in series]
-            ax.plot(xs, ys, marker="o", markersize=4.5, linewidth=1.8, color=color, label=label,
-                    zorder=3)
+            ax.plot(xs, ys, marker=marker, markersize=4.5, linewidth=1.8, color=color, label=label,
+                    linestyle=dashes, zorder=3)
             low = [_value(c.mean, c.spread, -1) for _, c in series]
             high = [_value(c.mean, c.spread, 1) for _, c in series]
             ax.fill_between(xs, low, high, color=color, alpha=0.15, linewidth=0, zorder=2)
