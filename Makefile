@@ -23,8 +23,8 @@ test: $(STAMP)
 	$(PY) -m pytest -q tests --durations=15
 
 test-learning: $(STAMP)
-	@echo "==> Learning tests: every method against zero-shot CLIP on the kit"
-	$(PY) -m pytest -q tests -m learning --durations=15
+	@echo "==> Learning tests (every method against zero-shot CLIP on the kit) and slow script tests"
+	$(PY) -m pytest -q tests -m "learning or slow" --durations=15
 
 venv: $(STAMP)
 

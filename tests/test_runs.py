@@ -137,6 +137,7 @@ def bash(env: dict, script: str, *args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=900)
 
 
+@pytest.mark.slow  # end to end over many runs: with the learning tests
 @needs_kit
 def test_main_sh_skips_a_run_whose_options_changed_and_redoes_it_only_with_force(kit_root, kit_cache, tmp_path):
     env = dict(os.environ, DATA=kit_root, OUTPUT=str(tmp_path / "output"), PYTHON=sys.executable,

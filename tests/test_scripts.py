@@ -55,6 +55,7 @@ def test_main_sh_runs_every_seed_then_skips_finished_and_redoes_crashed_runs(env
     assert acc == re.findall(r"^\* accuracy: ([\d.]+)%$", logs["seed2"], re.M)[-1]  # same run, same result
 
 
+@pytest.mark.slow  # end to end over many runs: with the learning tests
 def test_ood_sh_trains_on_the_source_and_evaluates_each_seed_on_the_target(env):
     """The distribution-shift script on the kit: SynthShapes 1-shot -> SynthShapesSketch."""
     ood_env = dict(env, OOD_SOURCE="synth_shapes", OOD_SHOTS="1", OOD_TARGETS="synth_shapes_sketch")

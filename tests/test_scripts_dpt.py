@@ -34,6 +34,7 @@ def final_accuracy(log: str) -> str:
     return re.findall(r"^\* accuracy: ([\d.]+)%$", log.split("Finish training")[1], re.M)[-1]
 
 
+@pytest.mark.slow  # end to end over many runs: with the learning tests
 @pytest.mark.parametrize("trainer", TRAINERS)
 def test_main_sh_trains_each_variant(env, trainer):
     out = run_script(env, "dpt/main.sh", "synth_shapes", "1", trainer, "micro_vit")
@@ -59,6 +60,7 @@ def test_eval_sh_reloads_the_trained_prompts(env):
         assert f"to {name} (epoch=" in log
 
 
+@pytest.mark.slow  # end to end over many runs: with the learning tests
 def test_table1_sh_builds_the_table(env):
     """Zero-shot, the VPT-shallow config and the variants main.sh already trained (skipped)."""
     out = run_script(dict(env, DATASETS="synth_shapes", SHOTS="1", CFG="micro_vit"), "dpt/table1.sh", timeout=1200)

@@ -47,6 +47,7 @@ def test_main_sh(env, method, trainer):
         assert re.search(rf"^\* accuracy: {re.escape(acc)}0?% \+- 0\.00%$", evaluated, re.M), evaluated[-1500:]
 
 
+@pytest.mark.slow  # end to end over many runs: with the learning tests
 @pytest.mark.parametrize("script,name,values", [("ablation_heads", "heads", "4 8"), ("ablation_layers", "layers", "1 2")])
 def test_ablation_scripts_print_the_table(env, script, name, values):
     ablation_env = dict(env, DATASETS="synth_shapes", SHOTS="1", CFG="micro_rn", HEADS="4 8", LAYERS="1 2")
@@ -63,6 +64,7 @@ def test_ablation_scripts_print_the_table(env, script, name, values):
         assert cell.strip() == f"{float(final_accuracy(osp.join(run, 'log.txt'))):.2f} +- 0.00"
 
 
+@pytest.mark.slow  # end to end over many runs: with the learning tests
 def test_ablation_follows_the_rerun_rule(env, tmp_path):
     """A rerun skips the finished settings; a rerun with another option leaves them, names the
     differing key, shows no stale figure and fails; FORCE=1 redoes them with the new option."""

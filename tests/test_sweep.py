@@ -215,6 +215,7 @@ def child_processes_mentioning(text: str) -> list:
     return found
 
 
+@pytest.mark.slow  # end to end over many runs: with the learning tests
 @needs_kit
 def test_failed_run_is_reported_the_rest_run_and_a_killed_sweep_resumes_only_unfinished_runs(
         kit_root, kit_cache, tmp_path):
