@@ -15,7 +15,7 @@ from __future__ import annotations
 import datetime
 import os.path as osp
 import time
-from typing import Any, Optional
+from typing import Any, Iterator, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -213,14 +213,18 @@ class FrozenFeatureTrainer(TrainerX):
         self.set_model_mode("eval")
         self.evaluator.reset()
         print(f"Evaluate on the *{split}* set")
+        for logits, labels in self.split_logits(split):
+            self.evaluator.process(logits, labels)
+        results = self.evaluator.evaluate()
+        return list(results.values())[0]
+
+    def split_logits(self, split: str) -> Iterator[Tuple[Tensor, Tensor]]:
+        """(logits, labels) of ``split`` in test-sized batches, from its cached features."""
         dense = self.features(split)[:, 0]
         labels = self.labels(split)
         bs = max(1, self.cfg.DATALOADER.TEST.BATCH_SIZE)
         for i in range(0, dense.shape[0], bs):
-            logits = self.restrict_logits(self.logits_from_dense(dense[i:i + bs].to(self.device)))
-            self.evaluator.process(logits, labels[i:i + bs])
-        results = self.evaluator.evaluate()
-        return list(results.values())[0]
+            yield self.restrict_logits(self.logits_from_dense(dense[i:i + bs].to(self.device))), labels[i:i + bs]
 
     @torch.no_grad()
     def model_inference(self, images: Tensor) -> Tensor:

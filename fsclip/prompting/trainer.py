@@ -258,20 +258,6 @@ class PromptLearningTrainer(FrozenFeatureTrainer):
         for i in range(0, feats.shape[0], bs):
             yield self.restrict_logits(self.logits(feats[i:i + bs], text)), labels[i:i + bs]
 
-    @torch.no_grad()
-    def test(self, split: Optional[str] = None) -> float:
-        """Evaluate on ``split`` (default TEST.SPLIT) with the evaluator's printed report."""
-        split = split or self.cfg.TEST.SPLIT
-        if split == "val" and not self.split_items("val"):
-            split = "test"
-        if split == "test":
-            self._test_allowed = True
-        self.evaluator.reset()
-        print(f"Evaluate on the *{split}* set")
-        for logits, labels in self.split_logits(split):
-            self.evaluator.process(logits, labels)
-        return list(self.evaluator.evaluate().values())[0]
-
     def load_model(self, directory: str, epoch: Optional[int] = None) -> None:
         """Dassl's ``load_model``; without ``--load-epoch`` it takes ``model-best.pth.tar`` and,
         for runs that selected no best model (TEST.FINAL_MODEL last_step), the last checkpoint."""
