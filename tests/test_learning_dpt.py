@@ -1,10 +1,9 @@
-"""DPT's variants learn: on the offline kit with MicroViT at 4 shots (mean of seeds 1-3), each beats
-zero-shot CLIP by MARGIN points on both kit datasets, except VPT-CLIP-Shallow on SynthShapes.
+"""DPT's variants learn: on the offline kit with MicroViT at 4 shots (mean of seeds 1-3), each of
+the five beats zero-shot CLIP by MARGIN points on both kit datasets.
 
-VPT-CLIP-Shallow is asserted on SynthTextures only: ten random prompt tokens entering MicroViT's
-first block drop its SynthShapes accuracy from 34% to 20-24% before any training (measured with
-the prompt std in 0.001-1), and the kit's few epochs bring it back to about zero-shot, not above.
-The deep variants' prompts enter every block and are dropped after it, and learn here.
+VPT-CLIP-Shallow runs with its own kit config (``micro_vit_shallow``: 40 epochs, where the deep
+variants need 4): ten random prompt tokens entering MicroViT's first block drop its SynthShapes
+accuracy from 34% to 20-24% before any training, and a few epochs only bring it back to zero-shot.
 """
 
 from __future__ import annotations
@@ -36,11 +35,6 @@ def results(kit_root, kit_cache, tmp_path_factory):
 
 
 @pytest.mark.parametrize("dataset", DATASETS)
-@pytest.mark.parametrize("method", VARIANTS)
+@pytest.mark.parametrize("method", VARIANTS + [SHALLOW])
 def test_variant_beats_zero_shot(results, dataset, method):
     assert results[(dataset, method)] >= results[(dataset, "ZeroShot")] + MARGIN, (method, dataset, results)
-
-
-def test_shallow_beats_zero_shot_on_synth_textures(results):
-    dataset = "synth_textures"
-    assert results[(dataset, SHALLOW)] >= results[(dataset, "ZeroShot")] + MARGIN, results
