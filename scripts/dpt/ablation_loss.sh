@@ -7,10 +7,7 @@
 #   env DATASETS, SHOTS, CFG, SEEDS, DATA, OUTPUT, PYTHON, FORCE as in table1.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-source scripts/common.sh
-DATASETS=${DATASETS:-eurosat caltech101 oxford_flowers food101 fgvc_aircraft dtd oxford_pets stanford_cars}
-SHOTS=${SHOTS:-16}
-CFG=${CFG:-vit_b32}
+source scripts/dpt/paper.sh
 
 for dataset in $DATASETS; do
     CFG_TAG= fewshot_main VPT_CLIP_CAVPT "$dataset" "$SHOTS" "$CFG"

@@ -8,10 +8,7 @@
 #   env TOPKS, DATASETS, SHOTS, CFG, SEEDS, DATA, OUTPUT, PYTHON, FORCE as in table1.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-source scripts/common.sh
-DATASETS=${DATASETS:-eurosat caltech101 oxford_flowers food101 fgvc_aircraft dtd oxford_pets stanford_cars}
-SHOTS=${SHOTS:-16}
-CFG=${CFG:-vit_b32}
+source scripts/dpt/paper.sh
 TOPKS=${TOPKS:-5 10 20 50 100}
 
 classes() {  # number of classes of a dataset (0: unknown, run every K_T)

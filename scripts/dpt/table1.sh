@@ -10,10 +10,7 @@
 # CoOp's runs come from scripts/coop/main.sh; without it the CoOp row is left out.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-source scripts/common.sh
-DATASETS=${DATASETS:-eurosat caltech101 oxford_flowers food101 fgvc_aircraft dtd oxford_pets stanford_cars}
-SHOTS=${SHOTS:-16}
-CFG=${CFG:-vit_b32}
+source scripts/dpt/paper.sh
 COOP_CFG=${COOP_CFG:-$CFG}
 ZS_CFG=${ZS_CFG:-$CFG}
 # "TRAINER CFG LABEL" per row, in the paper's order
