@@ -9,9 +9,11 @@ import subprocess
 
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from fsclip.backend import BACKEND, DATASET_REGISTRY, DatasetBase, Datum
+from fsclip.clip.text import text_classifier
 from fsclip.engine.data.base import load_or_create_fewshot
 
 TOY_CLASSES = ["red square", "green circle", "blue bar"]
@@ -111,6 +113,16 @@ def method_cfg(toy_root: str, tmp_path, weights: str, trainer: str, train_views:
     cfg.TRAINER.FEATURES.TRAIN_VIEWS = train_views
     cfg.TRAINER.FEATURES.PROMPTS = prompts
     return cfg
+
+
+def zero_shot_logits(trainer, images):
+    """Zero-shot CLIP's logits of ``images`` with the single template "a photo of a {}.", computed
+    from the trainer's frozen CLIP directly (the reference of the identity-case parity tests)."""
+    model = trainer.clip_model
+    with torch.no_grad():
+        w = text_classifier(model, trainer.classnames, ["a photo of a {}."]).float()
+        f = F.normalize(model.encode_image(images).float(), dim=-1)
+        return model.logit_scale.exp() * f @ w.t()
 
 
 @pytest.fixture

@@ -10,14 +10,13 @@ import os.path as osp
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import REPO, method_cfg, set_opts
+from conftest import REPO, method_cfg, set_opts, zero_shot_logits
 
 import fsclip.datasets  # noqa: F401
 import fsclip.trainers  # noqa: F401
 from fsclip.adapt.extract import ViewDataset
 from fsclip.backend import build_trainer
 from fsclip.cli import extend_cfg, main as cli_main
-from fsclip.clip.text import text_classifier
 from fsclip.clip.tiny import build_tiny_clip, save_tiny_clip
 from fsclip.engine.config import get_cfg_default
 from fsclip.errors import ConfigError
@@ -186,14 +185,6 @@ def make_cfg(toy_root, tmp_path, weights, trainer, **opts):
     cfg.TRAINER.DPT.TEXT.N_CTX = 2
     cfg.TRAINER.DPT.CAVPT.TOPK = 2
     return set_opts(cfg, **opts)
-
-
-def zero_shot_logits(trainer, images):
-    model = trainer.clip_model
-    with torch.no_grad():
-        w = text_classifier(model, trainer.classnames, ["a photo of a {}."]).float()
-        f = F.normalize(model.encode_image(images).float(), dim=-1)
-        return model.logit_scale.exp() * f @ w.t()
 
 
 def test_vpt_without_prompt_tokens_equals_zero_shot(toy_root, tmp_path, tiny_vit_path):

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from conftest import set_opts
+from conftest import set_opts, zero_shot_logits
 from test_safe_tip import first_test_batch, make_cfg, tiny_path  # noqa: F401  (tiny_path: fixture)
 
 import fsclip.trainers  # noqa: F401
@@ -20,7 +20,6 @@ from fsclip.backend import build_trainer
 from fsclip.clip.features import (
     attnpool_all_tokens, attnpool_dense, attnpool_forward, resnet_trunk, vit_project_tokens, vit_tokens,
 )
-from fsclip.clip.text import text_classifier
 from fsclip.clip.tiny import build_tiny_clip
 from fsclip.engine.config import get_cfg_default
 from fsclip.errors import ConfigError
@@ -45,14 +44,6 @@ def perturb(module: nn.Module, scale: float = 0.2) -> None:
     with torch.no_grad():
         for p in module.parameters():
             p.add_(scale * torch.randn(p.shape, generator=gen))
-
-
-def zero_shot_logits(trainer, images):
-    model = trainer.clip_model
-    with torch.no_grad():
-        w = text_classifier(model, trainer.classnames, ["a photo of a {}."]).float()
-        f = F.normalize(model.encode_image(images).float(), dim=-1)
-        return model.logit_scale.exp() * f @ w.t()
 
 
 # ------------------------------------------------------------------ dense features
