@@ -15,6 +15,7 @@ from yacs.config import CfgNode as CN
 from fsclip.adapt.prompts import prompt_classifier
 from fsclip.backend import TRAINER_REGISTRY, TrainerX
 from fsclip.clip.loader import load_clip_from_cfg
+from fsclip.clip.precision import autocast, effective_precision
 
 
 @TRAINER_REGISTRY.register()
@@ -28,7 +29,7 @@ class ZeroshotCLIP(TrainerX):
         if "ZSCLIP" in cfg.TRAINER:
             return
         cfg.TRAINER.ZSCLIP = CN()
-        # fp16 (CUDA only; fp32 on CPU), fp32 or amp
+        # fp16 (CUDA; fp32 on a CPU unless FSCLIP_CPU_HALF=1), fp32 or amp
         cfg.TRAINER.ZSCLIP.PREC = "fp16"
         # Prompts: "" = the trainer's default; "classname", "single", "ensemble" or a JSON
         # file of prompts per class
@@ -38,14 +39,16 @@ class ZeroshotCLIP(TrainerX):
         cfg = self.cfg
         classnames = self.dm.dataset.classnames
         print(f"Loading CLIP (backbone: {cfg.MODEL.BACKBONE.NAME})")
-        self.clip_model = load_clip_from_cfg(cfg, precision=cfg.TRAINER.ZSCLIP.PREC, device=self.device)
+        self.prec = effective_precision(cfg.TRAINER.ZSCLIP.PREC, self.device)
+        self.clip_model = load_clip_from_cfg(cfg, precision=self.prec, device=self.device)
         prompts = cfg.TRAINER.ZSCLIP.TEMPLATES or self.default_templates
         print(f"Prompts: {prompts}")
         self.text_features = prompt_classifier(self.clip_model, prompts, cfg.DATASET.NAME, classnames)  # [K, D]
 
     @torch.no_grad()
     def model_inference(self, image: torch.Tensor) -> torch.Tensor:
-        image_features = self.clip_model.encode_image(image)  # [B, D]
+        with autocast(self.prec, self.device):
+            image_features = self.clip_model.encode_image(image).float()  # [B, D]
         image_features = image_features / image_features.norm(dim=-1, keepdim=True)
         logit_scale = self.clip_model.logit_scale.exp()
         logits = logit_scale * image_features @ self.text_features.t().to(image_features.dtype)  # [B, K]

@@ -24,6 +24,7 @@ from yacs.config import CfgNode as CN
 
 from fsclip.backend import TrainerX
 from fsclip.clip.loader import load_clip_from_cfg
+from fsclip.clip.precision import autocast, effective_precision
 from fsclip.engine.data.transforms import build_transform
 from fsclip.engine.data.base import empty_split_message
 from fsclip.engine.utils import count_num_param
@@ -59,7 +60,7 @@ def add_features_cfg(cfg) -> None:
     f.BATCH_SIZE = 64
     # Storage dtype of cached maps: fp16 or fp32
     f.DTYPE = "fp16"
-    # Trunk precision: fp16 (CUDA; fp32 on CPU), fp32 or amp
+    # Trunk precision: fp16 (CUDA; fp32 on a CPU unless FSCLIP_CPU_HALF=1), fp32 or amp
     f.PREC = "fp16"
     # Text classifier W_c: classname, single, ensemble, or a JSON file of prompts per class
     f.PROMPTS = "ensemble"
@@ -77,7 +78,8 @@ class FrozenFeatureTrainer(TrainerX):
         cfg = self.cfg
         fc = cfg.TRAINER.FEATURES
         print(f"Loading CLIP (backbone: {cfg.MODEL.BACKBONE.NAME})")
-        self.clip_model = load_clip_from_cfg(cfg, precision=fc.PREC, device=self.device)
+        self.prec = effective_precision(fc.PREC, self.device)  # fp16, amp or fp32 (fsclip.clip.precision)
+        self.clip_model = load_clip_from_cfg(cfg, precision=self.prec, device=self.device)
         self.clip_model.requires_grad_(False)
         self.visual = self.clip_model.visual
         self.classnames = list(self.dm.dataset.classnames)
@@ -141,19 +143,34 @@ class FrozenFeatureTrainer(TrainerX):
         seed = int(fc.VIEW_SEED) if train else 0
         space = {
             "backbone": self.backbone_id, "trunk": trunk_kind(self.visual), "transform": describe_transform(transform),
-            "views": views, "view_seed": seed, "dtype": fc.DTYPE, "prec": str(next(self.visual.parameters()).dtype),
+            "views": views, "view_seed": seed, "dtype": fc.DTYPE, "prec": self.trunk_precision(),
         }
         root = osp.abspath(osp.expanduser(self.cfg.DATASET.ROOT)) if self.cfg.DATASET.ROOT else ""
 
         def compute(paths) -> Tensor:
             return extract_views(
-                lambda x: trunk_forward(self.visual, x), paths, transform, views, seed,
+                lambda x: self.trunk(x), paths, transform, views, seed,
                 int(fc.BATCH_SIZE), self.cfg.DATALOADER.NUM_WORKERS, self.device, store_dtype, root,
                 desc=f"G(x) on {split} ({len(paths)} images x {views} views)")
 
         feats = self.cache.get(space, impaths, compute, label=split)
         self._features[key] = feats
         return feats
+
+    def autocast(self) -> Any:
+        """Autocast to fp16 under an effective ``PREC amp`` (a no-op context otherwise)."""
+        return autocast(self.prec, self.device)
+
+    def trunk_precision(self) -> str:
+        """How G runs (part of the cache key): the weights' dtype, ``+amp`` under autocast."""
+        dtype = str(next(self.visual.parameters()).dtype)
+        return dtype + "+amp" if self.prec == "amp" else dtype
+
+    @torch.no_grad()
+    def trunk(self, images: Tensor) -> Tensor:
+        """``G(x)`` in the run's precision."""
+        with self.autocast():
+            return trunk_forward(self.visual, images.to(self.device))
 
     @torch.no_grad()
     def pooled(self, head: torch.nn.Module, dense: Tensor, batch_size: int = 256) -> Tensor:
@@ -229,7 +246,7 @@ class FrozenFeatureTrainer(TrainerX):
     @torch.no_grad()
     def model_inference(self, images: Tensor) -> Tensor:
         """The uncached path: logits straight from images (same result as the cached path)."""
-        return self.logits_from_dense(trunk_forward(self.visual, images))
+        return self.logits_from_dense(self.trunk(images))
 
     def log_choice(self, what: str, **params: Any) -> None:
         shown = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())

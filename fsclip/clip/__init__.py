@@ -5,6 +5,7 @@ Backed by clip-anytorch (``import clip``, made to work on setuptools >= 82 by
 clip; ``from fsclip.clip import load_clip`` works as usual.
 
 - ``loader``: ``load_clip``, ``load_clip_from_cfg``, ``resolve_clip_weights``, ``input_resolution``
+- ``precision``: ``effective_precision``, ``autocast``, ``grad_scaler`` (PREC fp16/amp/fp32)
 - ``features``: ``resnet_trunk``, ``attnpool_forward``, ``attnpool_dense``, ``vit_tokens``,
   ``vit_run_blocks``, ``vit_head``, ``vit_project_tokens``, ``encode_image_with_dense``
 - ``text``: ``tokenize``, ``tokenize_short``, ``encode_text``, ``text_classifier``,
@@ -23,6 +24,9 @@ _EXPORTS = {
     "official_models": "loader", "official_filename": "loader", "default_cache_dir": "loader",
     "kit_model_names": "loader", "resolve_clip_weights": "loader", "resolve_precision": "loader",
     "load_clip": "loader", "load_clip_from_cfg": "loader", "input_resolution": "loader",
+    # precision
+    "CPU_HALF_ENV": "precision", "cpu_half_forced": "precision",
+    "effective_precision": "precision", "autocast": "precision", "grad_scaler": "precision",
     # features
     "is_vit": "features", "resnet_trunk": "features", "attnpool_forward": "features",
     "attnpool_dense": "features", "vit_tokens": "features", "vit_run_blocks": "features",

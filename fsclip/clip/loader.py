@@ -23,9 +23,9 @@ else with ``torch.load(weights_only=True)`` as a state dict, possibly wrapped as
 
 Precision (CoOp's ``TRAINER.<NAME>.PREC``):
 
-* ``"fp16"``: CLIP's own mixed half weights (``build_model``'s conversion). Only on CUDA: on any
-  other device a note is printed and the model is fp32 (CoOp configs default to fp16; this way
-  they run unchanged on a CPU).
+* ``"fp16"``: CLIP's own mixed half weights (``build_model``'s conversion). Only on CUDA (or on a
+  CPU with ``FSCLIP_CPU_HALF=1``): elsewhere a note is logged and the model is fp32 (CoOp configs
+  default to fp16; this way they run unchanged on a CPU). See :mod:`fsclip.clip.precision`.
 * ``"fp32"`` and ``"amp"``: ``.float()`` (with ``amp`` the trainer runs autocast over fp32
   weights). Weights stored in fp32 keep their exact values.
 * ``"auto"``: fp16 on CUDA, fp32 elsewhere.
@@ -42,13 +42,13 @@ from typing import Any, Dict, Iterator, List, Optional, Union
 
 import torch
 
-from fsclip.errors import ConfigError, UserFacingError, WeightsNotFoundError
+from fsclip.errors import UserFacingError, WeightsNotFoundError
 
 from .compat import import_clip
+from .precision import PRECISIONS, resolve_precision  # noqa: F401 (re-exported)
 
 # The official backbones this project documents (clip-anytorch may list more, e.g. ViT-L/14@336px).
 MODEL_NAMES = ("RN50", "RN101", "RN50x4", "RN50x16", "RN50x64", "ViT-B/32", "ViT-B/16", "ViT-L/14")
-PRECISIONS = ("auto", "fp16", "fp32", "amp")
 KIT_WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "kit" / "weights"
 DEFAULT_CACHE_DIR = "~/.cache/clip"
 _REQUIRED_KEYS = ("positional_embedding", "token_embedding.weight", "ln_final.weight",
@@ -137,25 +137,6 @@ def resolve_clip_weights(name_or_path: str, cache_dir: str = "") -> str:
         + ". Set MODEL.BACKBONE.NAME to one of these names or to the path of a weights file; "
         "MODEL.BACKBONE.CACHE_DIR is the folder searched for official names."
     )
-
-
-def resolve_precision(precision: str, device: Union[str, torch.device] = "cpu") -> str:
-    """``"fp16"`` or ``"fp32"``: what :func:`load_clip` builds for ``precision`` on ``device``."""
-    prec = str(precision or "auto").strip().lower()
-    if prec not in PRECISIONS:
-        raise ConfigError(
-            f"unknown CLIP precision {precision!r} (the trainer's PREC); use one of "
-            f"{', '.join(PRECISIONS)}"
-        )
-    on_cuda = torch.device(device).type == "cuda"
-    if prec == "auto":
-        return "fp16" if on_cuda else "fp32"
-    if prec == "fp16":
-        if not on_cuda:
-            print(f"Note: PREC fp16 needs CUDA; device is {device}, so CLIP runs in fp32")
-            return "fp32"
-        return "fp16"
-    return "fp32"  # fp32 and amp
 
 
 def _read_state_dict(path: str, url: Optional[str] = None) -> Dict[str, torch.Tensor]:

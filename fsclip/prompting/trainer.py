@@ -26,7 +26,6 @@ it before). A subclass sets ``cfg_name`` (its ``cfg.TRAINER`` node), and may ove
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import datetime
 import os.path as osp
@@ -40,6 +39,7 @@ from yacs.config import CfgNode as CN
 
 from fsclip.adapt.linear import accuracy
 from fsclip.adapt.trainer import FrozenFeatureTrainer
+from fsclip.clip.precision import grad_scaler
 from fsclip.engine.checkpoint import load_pretrained_weights
 from fsclip.engine.optim import build_lr_scheduler, build_optimizer
 from fsclip.engine.utils import AverageMeter, MetricMeter
@@ -107,8 +107,7 @@ class PromptLearningTrainer(FrozenFeatureTrainer):
         self.optim = build_optimizer(self.prompt_learner, cfg.OPTIM)
         self.sched = build_lr_scheduler(self.optim, cfg.OPTIM)
         self.register_model("prompt_learner", self.prompt_learner, self.optim, self.sched)
-        amp = self.cfg.TRAINER.FEATURES.PREC == "amp" and self.device.type == "cuda"
-        self.scaler = torch.amp.GradScaler("cuda") if amp else None
+        self.scaler = grad_scaler(self.prec, self.device)  # amp on CUDA only
 
     def build_prompt_learner(self) -> TextPromptLearner:
         c = self.method_cfg
@@ -131,9 +130,6 @@ class PromptLearningTrainer(FrozenFeatureTrainer):
 
     def logits_from_dense(self, dense: Tensor) -> Tensor:
         return self.logits(self.head_o(dense.float()))
-
-    def autocast(self) -> Any:
-        return torch.autocast("cuda", dtype=torch.float16) if self.scaler is not None else contextlib.nullcontext()
 
     def scale(self, loss: Tensor) -> Tensor:
         return self.scaler.scale(loss) if self.scaler is not None else loss

@@ -18,7 +18,6 @@ machines.
 
 from __future__ import annotations
 
-import contextlib
 import os.path as osp
 from typing import Any, Dict, Optional, Tuple
 
@@ -31,7 +30,8 @@ from fsclip.adapt.prompts import prompt_classifier
 from fsclip.adapt.trainer import STORE_DTYPES, add_features_cfg
 from fsclip.backend import TrainerX
 from fsclip.clip.features import is_vit
-from fsclip.clip.loader import input_resolution, load_clip_from_cfg, resolve_precision
+from fsclip.clip.loader import input_resolution, load_clip_from_cfg
+from fsclip.clip.precision import autocast, effective_precision, grad_scaler
 from fsclip.engine.data.transforms import build_transform
 from fsclip.engine.utils import count_num_param
 from fsclip.errors import ConfigError
@@ -52,7 +52,7 @@ class VisualPromptTrainer(TrainerX):
     # ------------------------------------------------------------------ building
     def build_model(self) -> None:
         cfg, fc = self.cfg, self.cfg.TRAINER.FEATURES
-        self.prec = str(cfg.TRAINER[self.cfg_node].PREC).lower()
+        self.prec = effective_precision(cfg.TRAINER[self.cfg_node].PREC, self.device)
         print(f"Loading CLIP (backbone: {cfg.MODEL.BACKBONE.NAME})")
         self.clip_model = load_clip_from_cfg(cfg, precision=self.prec, device=self.device)
         self.clip_model.requires_grad_(False).eval()
@@ -66,8 +66,8 @@ class VisualPromptTrainer(TrainerX):
         if tuple(cfg.INPUT.SIZE) != (size, size):
             raise ConfigError(f"INPUT.SIZE is {tuple(cfg.INPUT.SIZE)} but {cfg.MODEL.BACKBONE.NAME} takes "
                               f"{size}x{size} images (its positional embedding): set INPUT.SIZE ({size}, {size})")
-        self.amp = self.prec == "amp" and self.device.type == "cuda"
-        self.scaler = torch.amp.GradScaler("cuda") if self.amp else None
+        self.amp = self.prec == "amp"
+        self.scaler = grad_scaler(self.prec, self.device)  # amp on CUDA only
         self.classnames = list(self.dm.dataset.classnames)
         print(f"Hand-crafted text classifier W from prompts: {fc.PROMPTS}")
         self.text_weights = prompt_classifier(self.clip_model, fc.PROMPTS, cfg.DATASET.NAME,
@@ -95,7 +95,7 @@ class VisualPromptTrainer(TrainerX):
 
     # ------------------------------------------------------------------ frozen features
     def autocast(self) -> Any:
-        return torch.autocast("cuda", dtype=torch.float16) if self.amp else contextlib.nullcontext()
+        return autocast(self.prec, self.device)
 
     @torch.no_grad()
     def encode_frozen(self, images: Tensor) -> Tensor:
@@ -116,7 +116,7 @@ class VisualPromptTrainer(TrainerX):
                 [d.impath for d in items], self.tfm_train if train else self.tfm_test,
                 self.views if train else 1, int(fc.VIEW_SEED) if train else 0,
                 batch_size=int(fc.BATCH_SIZE), num_workers=self.cfg.DATALOADER.NUM_WORKERS, device=self.device,
-                store_dtype=STORE_DTYPES[fc.DTYPE], prec=resolve_precision(self.prec, self.device),
+                store_dtype=STORE_DTYPES[fc.DTYPE], prec=self.prec,
                 root=self.data_root, label=split)
             feats = F.normalize(feats.to(self.device).float(), dim=-1)
             self._frozen[split] = feats if train else feats[:, 0]
