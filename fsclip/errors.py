@@ -22,3 +22,7 @@ class WeightsNotFoundError(UserFacingError, FileNotFoundError):
 
 class MissingDependencyError(UserFacingError, ImportError):
     """An optional dependency a feature needs is not installed (the message names the extra)."""
+
+
+class NonFiniteLossError(UserFacingError, FloatingPointError):
+    """A training loss or gradient became NaN/inf; the message names the step and what to change."""

@@ -24,7 +24,7 @@ from yacs.config import CfgNode as CN
 
 from fsclip.backend import TrainerX
 from fsclip.clip.loader import load_clip_from_cfg
-from fsclip.clip.precision import autocast, effective_precision
+from fsclip.clip.precision import PrecisionChecks, autocast, effective_precision
 from fsclip.engine.data.transforms import build_transform
 from fsclip.engine.data.base import empty_split_message
 from fsclip.engine.utils import count_num_param
@@ -34,6 +34,7 @@ from .cache import cache_from_cfg, fingerprint_tensors
 from .extract import describe_transform, extract_views, impaths_of, labels_of
 from .heads import make_pooling_head, trunk_forward, trunk_kind
 from .prompts import prompt_classifier
+from .search import TrainingDivergedError
 
 STORE_DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
 
@@ -66,7 +67,7 @@ def add_features_cfg(cfg) -> None:
     f.PROMPTS = "ensemble"
 
 
-class FrozenFeatureTrainer(TrainerX):
+class FrozenFeatureTrainer(PrecisionChecks, TrainerX):
     """Base class of SAFE, SAFE-A, Tip-Adapter(-F) and other frozen-trunk methods."""
 
     @classmethod
@@ -209,8 +210,16 @@ class FrozenFeatureTrainer(TrainerX):
     def train(self) -> None:  # type: ignore[override]
         """fit() on train/val, then one evaluation on the test split (unless TEST.NO_TEST)."""
         self.time_start = time.time()
-        self.fit()
+        try:
+            self.fit()
+        except TrainingDivergedError as err:
+            if self.prec == "fp32":
+                raise
+            raise TrainingDivergedError(f"{err}; under PREC {self.prec} also try TRAINER.FEATURES.PREC "
+                                        f"{'amp or ' if self.prec == 'fp16' else ''}fp32") from None
         self.after_train()
+
+    prec_key = "TRAINER.FEATURES.PREC"  # named in the NaN/inf messages (PrecisionChecks)
 
     def after_train(self) -> None:
         print("Finish training")

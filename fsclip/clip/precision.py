@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Any, Optional, Union
+from typing import Any, Iterable, Optional, Union
 
 import torch
 
-from fsclip.errors import ConfigError
+from fsclip.errors import ConfigError, NonFiniteLossError
 
 PRECISIONS = ("auto", "fp16", "fp32", "amp")
 CPU_HALF_ENV = "FSCLIP_CPU_HALF"
@@ -80,3 +80,45 @@ def grad_scaler(precision: Optional[str], device: Union[str, torch.device] = "cp
     if torch.device(device).type == "cuda" and effective_precision(precision, device) == "amp":
         return torch.amp.GradScaler("cuda")
     return None
+
+
+def nonfinite_error(what: str, step: str, precision: str, prec_key: str,
+                    lr_key: str = "OPTIM.LR") -> NonFiniteLossError:
+    """The one-line error for a NaN/inf ``what`` ("loss", "gradient") at ``step``: under half
+    precision it points to ``PREC amp`` / ``fp32`` first (fp16 overflow is the usual cause)."""
+    if precision in ("fp16", "amp"):
+        fix = (f"rerun with {prec_key} amp or fp32" if precision == "fp16" else f"rerun with {prec_key} fp32")
+        fix += f", or with a lower learning rate ({lr_key})"
+    else:
+        fix = f"lower the learning rate ({lr_key})"
+    return NonFiniteLossError(f"the training {what} became NaN/inf at {step} under PREC {precision}: {fix}")
+
+
+def gradients_finite(params: Iterable[torch.Tensor]) -> bool:
+    """Whether every gradient of ``params`` is finite (None gradients count as finite)."""
+    return all(bool(torch.isfinite(p.grad).all()) for p in params if p.grad is not None)
+
+
+class PrecisionChecks:
+    """Trainer mixin: NaN/inf losses and gradients stop a run with one line naming the step and
+    the PREC key to change. Needs ``self.prec`` (effective precision), ``self.prec_key`` and,
+    when amp runs with a scaler, ``self.scaler``; reads the engine's ``epoch`` / ``batch_idx`` /
+    ``num_batches`` for the step."""
+
+    prec = "fp32"
+    prec_key = "PREC"
+
+    def step_label(self) -> str:
+        """Where training is: ``epoch E, batch B (step N)``."""
+        epoch, batch = int(getattr(self, "epoch", 0) or 0), int(getattr(self, "batch_idx", 0) or 0)
+        per_epoch = int(getattr(self, "num_batches", 1) or 1)
+        return f"epoch {epoch + 1}, batch {batch + 1} (step {epoch * per_epoch + batch + 1})"
+
+    def detect_anomaly(self, loss: torch.Tensor) -> None:
+        if not torch.isfinite(loss).all():
+            raise nonfinite_error("loss", self.step_label(), self.prec, self.prec_key)
+
+    def check_gradients(self, params: Iterable[torch.Tensor]) -> None:
+        """Without a GradScaler (which skips such steps itself), a NaN/inf gradient stops the run."""
+        if getattr(self, "scaler", None) is None and not gradients_finite(params):
+            raise nonfinite_error("gradient", self.step_label(), self.prec, self.prec_key)

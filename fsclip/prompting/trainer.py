@@ -135,6 +135,7 @@ class PromptLearningTrainer(FrozenFeatureTrainer):
         return self.scaler.scale(loss) if self.scaler is not None else loss
 
     def optimizer_step(self) -> None:
+        self.check_gradients(self.prompt_learner.parameters())
         if self.scaler is not None:
             self.scaler.step(self.optim)
             self.scaler.update()

@@ -31,7 +31,7 @@ from fsclip.adapt.trainer import STORE_DTYPES, add_features_cfg
 from fsclip.backend import TrainerX
 from fsclip.clip.features import is_vit
 from fsclip.clip.loader import input_resolution, load_clip_from_cfg
-from fsclip.clip.precision import autocast, effective_precision, grad_scaler
+from fsclip.clip.precision import PrecisionChecks, autocast, effective_precision, grad_scaler
 from fsclip.engine.data.transforms import build_transform
 from fsclip.engine.utils import count_num_param
 from fsclip.errors import ConfigError
@@ -39,7 +39,7 @@ from fsclip.errors import ConfigError
 from .visual_data import fixed_view_loader, frozen_view_features
 
 
-class VisualPromptTrainer(TrainerX):
+class VisualPromptTrainer(PrecisionChecks, TrainerX):
     """Base class of the DPT family (VPT_CLIP, VPT_CLIP_CAVPT, VLP_CLIP, VLP_CLIP_CAVPT)."""
 
     cfg_node = ""  # TRAINER.<cfg_node> holds PREC
@@ -53,6 +53,7 @@ class VisualPromptTrainer(TrainerX):
     def build_model(self) -> None:
         cfg, fc = self.cfg, self.cfg.TRAINER.FEATURES
         self.prec = effective_precision(cfg.TRAINER[self.cfg_node].PREC, self.device)
+        self.prec_key = f"TRAINER.{self.cfg_node}.PREC"
         print(f"Loading CLIP (backbone: {cfg.MODEL.BACKBONE.NAME})")
         self.clip_model = load_clip_from_cfg(cfg, precision=self.prec, device=self.device)
         self.clip_model.requires_grad_(False).eval()
@@ -101,7 +102,7 @@ class VisualPromptTrainer(TrainerX):
     def encode_frozen(self, images: Tensor) -> Tensor:
         """The frozen CLIP image feature ``[B, D]`` (CLIP's own forward)."""
         with self.autocast():
-            return self.visual(images.to(self.device))
+            return self.visual(images.to(self.device, self.visual.conv1.weight.dtype))  # CLIP's encode_image cast
 
     def frozen_features(self, split: str) -> Tensor:
         """Frozen image features of ``split``, L2-normalised float32 on the device: ``[N, V, D]``
@@ -157,7 +158,10 @@ class VisualPromptTrainer(TrainerX):
         with self.autocast():
             loss, logits, summary = self.compute_loss(images, labels, frozen)
         if self.scaler is None:
-            self.model_backward_and_update(loss)
+            self.model_zero_grad()
+            self.model_backward(loss)  # detect_anomaly (PrecisionChecks) first
+            self.check_gradients(p for m in self._models.values() for p in m.parameters())
+            self.model_update()
         else:
             self.model_zero_grad()
             self.detect_anomaly(loss)
