@@ -438,3 +438,20 @@ def test_cross_modal_code_rules_strict_batch_sizes_and_no_fallback():
     assert ran == [8] and any(line.startswith("Note: every batch size") for line in lines)
     with pytest.raises(ConfigError, match=r"TRAINER.CROSSMODAL.BATCH_SIZES \[8\]: none fits .* 4 training rows"):
         _linear_sweep("code", views, None, [8])
+
+
+def test_logistic_regression_reports_whether_it_converged():
+    gen = torch.Generator().manual_seed(0)
+    x, y = 4 * torch.randn(10, 64, generator=gen), torch.arange(10)  # 1 shot: separable
+    short, full = {}, {}
+    logistic_regression(x, y, 10, 1e5, max_iter=3, report=short)
+    logistic_regression(x, y, 10, 1.0, max_iter=1000, tol=1e-6, report=full)
+    assert short == {"iterations": 3, "converged": False} and full["converged"] and full["iterations"] > 3
+
+
+def test_linear_probe_notes_fits_that_stopped_at_max_iter(toy_root, tmp_path, tiny_path, capsys):
+    trainer = build_trainer(make_cfg(toy_root, tmp_path, tiny_path, "LinearProbe", **{
+        "TRAINER.LINEAR_PROBE.MAX_ITER": 1, "TRAINER.LINEAR_PROBE.TOL": 1e-12}))
+    trainer.fit()
+    note = [line for line in capsys.readouterr().out.splitlines() if line.startswith("Note: L-BFGS reached")]
+    assert len(note) == 1 and "TRAINER.LINEAR_PROBE.MAX_ITER 1 before TOL 1e-12" in note[0] and "1e+06" in note[0]

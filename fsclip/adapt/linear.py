@@ -216,7 +216,8 @@ def sweep_linear_head(zero_shot: Tensor, scale: float, views: Tensor, labels: Te
 
 # --------------------------------------------------------------------------- logistic regression
 def logistic_regression(x: Tensor, y: Tensor, num_classes: int, C: float, max_iter: int = 1000,
-                        tol: float = 1e-4, dtype: torch.dtype = torch.float64) -> Tuple[Tensor, Tensor]:
+                        tol: float = 1e-4, dtype: torch.dtype = torch.float64,
+                        report: Optional[Dict[str, Any]] = None) -> Tuple[Tensor, Tensor]:
     """Multinomial logistic regression with an L2 penalty on the weights (not the bias):
     ``min_{W, b}  C * sum_i CE(W x_i + b, y_i) + 0.5 * ||W||^2`` (scikit-learn's
     ``LogisticRegression(penalty="l2", C=C)`` objective, multinomial for every number of
@@ -226,7 +227,8 @@ def logistic_regression(x: Tensor, y: Tensor, num_classes: int, C: float, max_it
     does the same); the run stops when the largest gradient entry of that scaled objective is
     below ``tol`` or after ``max_iter`` iterations. Returns ``W`` [K, D] and ``b`` [K] in
     ``x``'s dtype and device. The objective is strictly convex in ``W``, so any solver that
-    converges finds the same ``W``.
+    converges finds the same ``W``. ``report`` (a dict), when given, receives ``iterations``
+    and ``converged`` (the largest gradient entry at the returned weights is <= ``tol``).
     """
     xd, yd = x.to(dtype), y.long()
     n, d = xd.shape
@@ -244,4 +246,8 @@ def logistic_regression(x: Tensor, y: Tensor, num_classes: int, C: float, max_it
         return loss
 
     opt.step(closure)
+    if report is not None:
+        closure()
+        grad = max(float(w.grad.abs().max()), float(b.grad.abs().max()))
+        report.update(iterations=int(opt.state[w].get("n_iter", 0)), converged=grad <= float(tol))
     return w.detach().to(x.dtype), b.detach().to(x.dtype)
