@@ -79,7 +79,7 @@ def train_with_early_stopping(module: nn.Module, step_fn: Callable[[int], torch.
     before each evaluation) end the run as diverged (see the module docstring); the module is
     left with its best weights either way.
 
-    The defaults are the project's rule. Other codes' loops are reproduced with:
+    The defaults are the project's rule; other projects' loops are reproduced with:
     ``score_initial=False``: the initial weights are not a candidate (they stay the fallback of
     a run diverging before its first evaluation); ``ties="last"``: an equal val accuracy moves
     the choice to the later step (``>=``; ``"first"``: ``>``); ``eval_offset=r``: evaluate after
