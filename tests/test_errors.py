@@ -270,3 +270,11 @@ def test_shots_beyond_a_class_warn_and_the_log_records_the_shots_used(world, cap
     assert ("Warning: DATASET.NUM_SHOTS is 4 but 1 of 3 classes has fewer training images, so all of "
             "theirs are used: owl (2)") in log
     assert "Shots per class: 4 x 2 classes; 2: owl" in log
+
+
+def test_linear_head_code_rules_with_no_fitting_batch_size_is_one_error(world, capsys):
+    """TRAINER.WISEFT.RULES code (the cross-modal reference's rules) stops when no batch fits."""
+    line, log = fail(world, world.argv("WiSEFT", "TRAINER.WISEFT.RULES", "code", "TRAINER.WISEFT.BATCH_SIZES", "[64]"),
+                     capsys)
+    assert line.startswith("ERROR: TRAINER.WISEFT.BATCH_SIZES [64]: none fits under TRAINER.WISEFT.RULES code")
+    assert "< the 12 training rows" in line and "set TRAINER.WISEFT.RULES fsclip" in line and log

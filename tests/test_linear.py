@@ -359,3 +359,99 @@ def test_lppp_trainer_starts_from_its_initialisation(toy_root, tmp_path, tiny_pa
     assert torch.allclose(trainer.head.weight, init_prototypes(f, y, 3), atol=1e-5)
     assert torch.allclose(trainer.head.alpha, torch.full((3,), init_alpha(f, y, trainer.text_weights)), rtol=1e-5)
     assert torch.equal(trainer.head.bias, torch.zeros(3))
+
+
+# ----------------------------------------------------------------------------- the official loops' rules
+def _scripted_run(accs, iters, eval_every, **rules):
+    """train_with_early_stopping on a constant-loss module with scripted val accuracies."""
+    from fsclip.adapt.search import train_with_early_stopping
+    module = torch.nn.Linear(2, 1)
+    opt = torch.optim.SGD(module.parameters(), lr=0.1)
+    acc_iter = iter(accs)
+    return train_with_early_stopping(module, lambda i: module(torch.ones(1, 2)).sum() * 0 + 1.0,
+                                     lambda: next(acc_iter), opt, None, iters, eval_every, log=lambda _: None, **rules)
+
+
+def test_early_stopping_rules_of_the_official_loops():
+    """Step 0 scored and ties to the earlier (fsclip) vs 1..N and ties to the later (LP++'s code);
+    validation after steps 1, 1 + k, 1 + 2k, ... only (the cross-modal code's i % k after the step)."""
+    accs = [60.0, 50.0, 60.0, 60.0, 40.0]  # step 0 (initial weights), then steps 1..4
+    assert _scripted_run(accs, 4, 1).step == 0
+    code = _scripted_run(accs[1:], 4, 1, score_initial=False, ties="last")
+    assert (code.step, code.val_acc) == (3, 60.0)  # the official loop's epoch index 2
+    assert [s for s, _ in _scripted_run([1.0] * 4, 10, 4).history] == [0, 4, 8, 10]
+    shifted = _scripted_run([1.0, 3.0, 2.0], 10, 4, score_initial=False, eval_offset=1)
+    assert [s for s, _ in shifted.history] == [1, 5, 9] and shifted.step == 5
+
+
+def test_lppp_epoch_choice_code_follows_the_official_loop(toy_root, tmp_path, tiny_path, monkeypatch):
+    import fsclip.trainers.lppp as lppp
+    picked, real = {}, lppp.train_with_early_stopping
+    for choice in ("fsclip", "code"):
+        trainer = build_trainer(make_cfg(toy_root, tmp_path / choice, tiny_path, "LPPP", **{
+            "TRAINER.LPPP.EPOCHS": 4, "TRAINER.LPPP.EPOCH_CHOICE": choice}))
+        accs = iter([60.0, 50.0, 60.0, 60.0, 40.0] if choice == "fsclip" else [50.0, 60.0, 60.0, 40.0])
+        monkeypatch.setattr(lppp, "accuracy", lambda logits, labels: next(accs))
+        monkeypatch.setattr(lppp, "train_with_early_stopping",
+                            lambda *a, **k: picked.setdefault(choice, real(*a, **k)))
+        trainer.fit()
+    assert picked["fsclip"].step == 0 and picked["code"].step == 3
+    with pytest.raises(Exception, match="TRAINER.LPPP.EPOCH_CHOICE"):
+        build_trainer(make_cfg(toy_root, tmp_path / "bad", tiny_path, "LPPP",
+                               **{"TRAINER.LPPP.EPOCH_CHOICE": "paper"})).fit()
+
+
+def _linear_sweep(rules, views, text, sizes, iters=12, eval_every=4):
+    from yacs.config import CfgNode as CN
+
+    from fsclip.adapt.linear import add_linear_head_cfg, sweep_linear_head
+    node = add_linear_head_cfg(CN())
+    node.ITERS, node.EVAL_EVERY, node.WARMUP_ITERS = iters, eval_every, 0
+    node.LRS, node.WDS, node.BATCH_SIZES, node.RULES = [1e-2], [0.0], sizes, rules
+    labels = torch.arange(views.shape[0]) % 2
+    zs = F.normalize(torch.randn(2, views.shape[-1], generator=torch.Generator().manual_seed(1)), dim=-1)
+    lines = []
+    best = sweep_linear_head(zs, 50.0, views, labels, views[:, 0], labels, node, text=text, log=lines.append,
+                             node_name="TRAINER.CROSSMODAL")
+    ran = sorted(int(line.split("batch_size=")[1].split(":")[0]) for line in lines if line.startswith("* search:"))
+    return best, ran, lines
+
+
+def test_cross_modal_code_rules_validate_after_step_one_and_count_views():
+    gen = torch.Generator().manual_seed(0)
+    views = torch.randn(4, 3, 16, generator=gen)  # 4 images x 3 views = 12 rows
+    text = (torch.randn(10, 16, generator=gen), torch.arange(10) % 2)  # 10 text samples
+    best, ran, _ = _linear_sweep("fsclip", views, text, [8, 12, 20])
+    assert ran == [8]  # image part <= 4 images, text part <= 10
+    assert [s for s, _ in best.history] == [0, 4, 8, 12]
+    best, ran, _ = _linear_sweep("code", views, text, [8, 12, 20])
+    assert ran == [8, 12]  # image part < 12 rows, text part < 10 (20's 10 text samples do not fit)
+    assert [s for s, _ in best.history] == [1, 5, 9]
+
+
+def test_cross_modal_code_rules_strict_batch_sizes_and_no_fallback():
+    from fsclip.errors import ConfigError
+    views = torch.randn(4, 1, 16, generator=torch.Generator().manual_seed(0))  # WiSE-FT: images only
+    assert _linear_sweep("fsclip", views, None, [4, 2])[1] == [2, 4]
+    assert _linear_sweep("code", views, None, [4, 2])[1] == [2]  # 4 rows: a batch of 4 is not < 4
+    _, ran, lines = _linear_sweep("fsclip", views, None, [8])
+    assert ran == [8] and any(line.startswith("Note: every batch size") for line in lines)
+    with pytest.raises(ConfigError, match=r"TRAINER.CROSSMODAL.BATCH_SIZES \[8\]: none fits .* 4 training rows"):
+        _linear_sweep("code", views, None, [8])
+
+
+def test_logistic_regression_reports_whether_it_converged():
+    gen = torch.Generator().manual_seed(0)
+    x, y = 4 * torch.randn(10, 64, generator=gen), torch.arange(10)  # 1 shot: separable
+    short, full = {}, {}
+    logistic_regression(x, y, 10, 1e5, max_iter=3, report=short)
+    logistic_regression(x, y, 10, 1.0, max_iter=1000, tol=1e-6, report=full)
+    assert short == {"iterations": 3, "converged": False} and full["converged"] and full["iterations"] > 3
+
+
+def test_linear_probe_notes_fits_that_stopped_at_max_iter(toy_root, tmp_path, tiny_path, capsys):
+    trainer = build_trainer(make_cfg(toy_root, tmp_path, tiny_path, "LinearProbe", **{
+        "TRAINER.LINEAR_PROBE.MAX_ITER": 1, "TRAINER.LINEAR_PROBE.TOL": 1e-12}))
+    trainer.fit()
+    note = [line for line in capsys.readouterr().out.splitlines() if line.startswith("Note: L-BFGS reached")]
+    assert len(note) == 1 and "TRAINER.LINEAR_PROBE.MAX_ITER 1 before TOL 1e-12" in note[0] and "1e+06" in note[0]

@@ -23,6 +23,12 @@ alpha weighs the fine-tuned head as WiSE-FT's paper does (0.5 is the same head).
 defaults to 1.0 (off), the reference's default and SAFE Table I's "Cross-Modal" row; 0.5 gives
 Table III's "Cross-Modal+WiSE-FT". It is read at evaluation time, so
 ``--eval-only --model-dir RUN TRAINER.CROSSMODAL.WISE_FT_ALPHA 0.5`` needs no retraining.
+
+TRAINER.CROSSMODAL.RULES "code" runs the reference's loop rules instead of ours
+(``fsclip.adapt.linear.sweep_linear_head``): every cached view a row of the image set (batches
+drop a pass's last incomplete one), val after steps 1, 101, 201, ... (ours: the initial head,
+then after 100, 200, ... and the last step), batch sizes kept when each part is strictly below
+the rows / text samples (ours: images, <=), none kept an error (ours: the smallest, capped).
 """
 
 from __future__ import annotations

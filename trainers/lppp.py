@@ -11,7 +11,10 @@ visual prototype with the class's text embedding through a learnable class-wise 
 
 The step sizes are inverse Lipschitz estimates of each block's gradient, computed from the
 data, so nothing is searched on val; the epoch (300 full-batch steps, val after each) is kept by
-val accuracy, as the code does. The initialisation and step-size formulas follow the code
+val accuracy. Which epoch (EPOCH_CHOICE): "fsclip" (default) scores the initialisation too (step
+0, so a run never ends below where it started, the project's rule) and breaks ties toward the
+earlier step; "code" scores epochs 1..EPOCHS only and breaks ties toward the later one, as the
+code's loop does. The initialisation and step-size formulas follow the code
 (whose comments cite the paper's Eq. 10, 11 and 15 for them; the paper's text beyond its
 abstract and the logits/loss above was not available to us, so where the two might differ in
 those formulas we could not check).
@@ -148,6 +151,8 @@ class LPPP(FrozenFeatureTrainer):
         p.ALPHA_INIT_SCALE = 250.0
         # Cached augmented views used per training image (the code: 1; 0: all)
         p.VIEWS = 1
+        # Epoch kept: "fsclip" (steps 0..EPOCHS, ties to the earlier) or "code" (1..EPOCHS, ties to the later)
+        p.EPOCH_CHOICE = "fsclip"
 
     def build_method(self) -> None:
         self.head = LPPPHead(self.text_weights).to(self.device)
@@ -161,6 +166,9 @@ class LPPP(FrozenFeatureTrainer):
         p = self.cfg.TRAINER.LPPP
         if p.ALPHA_GRAD not in ("current", "accumulated"):
             raise ConfigError(f'TRAINER.LPPP.ALPHA_GRAD must be "current" or "accumulated", got "{p.ALPHA_GRAD}"')
+        if p.EPOCH_CHOICE not in ("fsclip", "code"):
+            raise ConfigError(f'TRAINER.LPPP.EPOCH_CHOICE must be "fsclip" or "code", got "{p.EPOCH_CHOICE}"')
+        code_choice = p.EPOCH_CHOICE == "code"
         views = self.global_features("train")  # [N, V, D]
         v = views.shape[1] if int(p.VIEWS) <= 0 else min(int(p.VIEWS), views.shape[1])
         f = views[:, :v].flatten(0, 1)  # [N * v, D]
@@ -189,7 +197,8 @@ class LPPP(FrozenFeatureTrainer):
                 return accuracy(head(val_x), val_y)
 
         best = train_with_early_stopping(head, lambda _: loss(), evaluate, opt, None, int(p.EPOCHS), 1,
-                                         params={"eta_W": lr_w, "eta_alpha": lr_alpha})
+                                         params={"eta_W": lr_w, "eta_alpha": lr_alpha},
+                                         score_initial=not code_choice, ties="last" if code_choice else "first")
         self.log_choice("LP++", epoch=best.step, val_accuracy=best.val_acc)
         self.save_model(max(best.step - 1, 0), self.output_dir, val_result=best.val_acc,
                         model_name="model-best.pth.tar")

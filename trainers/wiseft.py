@@ -9,6 +9,8 @@ The fine-tuning is the cross-modal recipe without text samples (same sweep and s
 ``trainers/cross_modal.py``); alpha is then chosen on the few-shot val split from
 TRAINER.WISEFT.ALPHAS (WiSE-FT's grid 0, 0.1, ..., 1), ties going to the alpha nearest 0.5
 (WiSE-FT's default mixing). TRAINER.WISEFT.ALPHA >= 0 fixes alpha instead of choosing it.
+TRAINER.WISEFT.RULES "code" fine-tunes under the cross-modal reference's loop rules (its
+uni-modal mode; see ``trainers/cross_modal.py``).
 
 mlfoundations/wise-ft builds its zero-shot head with the logit scale inside the weights
 (s * W_zs, plus a zero bias) and interpolates every weight; since s is a constant, its

@@ -68,7 +68,8 @@ def train_with_early_stopping(module: nn.Module, step_fn: Callable[[int], torch.
                               eval_fn: Callable[[], float], optimizer: torch.optim.Optimizer,
                               scheduler: Optional[Any], iters: int, eval_every: int,
                               patience: int = 0, params: Optional[Dict[str, Any]] = None,
-                              log: Callable[[str], None] = print) -> RunResult:
+                              log: Callable[[str], None] = print, score_initial: bool = True,
+                              ties: str = "first", eval_offset: int = 0) -> RunResult:
     """Run ``iters`` steps; every ``eval_every`` steps (and at the end) evaluate on validation and
     keep the best weights. ``patience > 0`` stops after that many evaluations without a gain.
 
@@ -77,11 +78,28 @@ def train_with_early_stopping(module: nn.Module, step_fn: Callable[[int], torch.
     where it started). A NaN/inf loss (checked before the update) or NaN/inf weights (checked
     before each evaluation) end the run as diverged (see the module docstring); the module is
     left with its best weights either way.
+
+    The defaults are the project's rule; other projects' loops are reproduced with:
+    ``score_initial=False``: the initial weights are not a candidate (they stay the fallback of
+    a run diverging before its first evaluation); ``ties="last"``: an equal val accuracy moves
+    the choice to the later step (``>=``; ``"first"``: ``>``); ``eval_offset=r``: evaluate after
+    the steps i with ``i % eval_every == r % eval_every`` and not also after the last step
+    unless it is one of them (``r=1, eval_every=100``: after steps 1, 101, 201, ...).
     """
-    best_acc = eval_fn()
+    if ties not in ("first", "last"):
+        raise ValueError(f'ties must be "first" or "last", got {ties!r}')
+    offset = int(eval_offset) % max(1, int(eval_every))
+
+    def evaluates(i: int) -> bool:
+        return i % eval_every == offset if eval_offset else (i % eval_every == 0 or i == iters)
+
+    def better(acc: float, best: float) -> bool:
+        return acc >= best if ties == "last" else acc > best
+
+    best_acc = eval_fn() if score_initial else -math.inf
     best_step = 0
     best_state = copy.deepcopy(module.state_dict())
-    history: List[tuple] = [(0, best_acc)]
+    history: List[tuple] = [(0, best_acc)] if score_initial else []
     since_best = 0
     diverged = False
     for i in range(1, iters + 1):
@@ -95,17 +113,17 @@ def train_with_early_stopping(module: nn.Module, step_fn: Callable[[int], torch.
             optimizer.step()
             if scheduler is not None:
                 scheduler.step()
-            if (i % eval_every == 0 or i == iters) and not all_finite(module.parameters()):
+            if evaluates(i) and not all_finite(module.parameters()):
                 diverged = True
         if diverged:
             history.append((i, math.nan))
             log(diverged_line(params or {}, i))
             break
-        if i % eval_every == 0 or i == iters:
+        if evaluates(i):
             module.eval()
             acc = eval_fn()
             history.append((i, acc))
-            if acc > best_acc:
+            if better(acc, best_acc):
                 best_acc, best_step, since_best = acc, i, 0
                 best_state = copy.deepcopy(module.state_dict())
             else:
@@ -114,6 +132,8 @@ def train_with_early_stopping(module: nn.Module, step_fn: Callable[[int], torch.
                     break
     module.load_state_dict(best_state)
     module.eval()
+    if best_acc == -math.inf:  # no evaluation ran (diverged first): score the fallback
+        best_acc = eval_fn()
     return RunResult(dict(params or {}), best_acc, best_step, best_state, history, diverged)
 
 
