@@ -535,6 +535,26 @@ def test_custom_errors(tmp_path):
     assert "empty_class" in str(err.value) and "DATASETS.md#custom" in str(err.value)
 
 
+@pytest.mark.parametrize("layout", ["flat", "split_folders", "subsample"])
+def test_custom_with_fewer_than_two_classes_is_refused(tmp_path, layout):
+    """One class would report 100% accuracy whatever the model does."""
+    root = str(tmp_path)
+    if layout == "flat":
+        make_custom_flat(root, sizes=(10,))
+    elif layout == "split_folders":
+        for split in ("train", "test"):
+            for i in range(3):
+                write_image(osp.join(root, "mypets", split, "cat", f"{i}.png"))
+    else:  # 2 classes, of which base keeps 1
+        make_custom_flat(root, sizes=(10, 10))
+    subsample = "base" if layout == "subsample" else "all"
+    with pytest.raises(DatasetError, match="at least 2 classes") as err:
+        build("custom", root, subsample=subsample, opts=("DATASET.CUSTOM_DIR", "mypets"))
+    assert osp.join(root, "mypets") in str(err.value)
+    if layout == "subsample":
+        assert "DATASET.SUBSAMPLE_CLASSES base leaves 1 class" in str(err.value)
+
+
 # ----------------------------------------------------------------------------- bad input
 
 ALL_YAML = {name: spec[0] for name, spec in TRAINABLE.items()}
