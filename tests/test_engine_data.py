@@ -174,6 +174,41 @@ def test_decompression_bomb_names_the_file_and_how_to_resize(tmp_path, monkeypat
     assert "\n" not in str(err.value)
 
 
+def test_16bit_png_reaches_the_model_as_its_8bit_twin(tmp_path):
+    """Through the test transform and the trunk's view dataset (the feature cache's input), a
+    16-bit PNG gives the same tensor as the 8-bit PNG it was made from."""
+    import numpy as np
+    from PIL import Image
+
+    from fsclip.adapt.extract import ViewDataset
+
+    levels = _gradient_8bit()
+    Image.fromarray(levels).save(tmp_path / "g8.png")
+    Image.fromarray(levels.astype(np.uint16) * 257).save(tmp_path / "g16.png")
+    cfg = get_cfg_default()
+    cfg.INPUT.SIZE = (16, 16)
+    ds = ViewDataset([str(tmp_path / "g8.png"), str(tmp_path / "g16.png")], build_transform(cfg, is_train=False))
+    eight, sixteen = ds[0], ds[1]  # [V, 3, H, W] each
+    assert torch.equal(eight, sixteen) and eight.std() > 0
+
+
+def test_image_error_in_a_dataloader_worker_keeps_its_one_line_message(tmp_path):
+    from torch.utils.data import DataLoader
+
+    from fsclip.adapt.extract import ViewDataset
+
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"not a png")
+    cfg = get_cfg_default()
+    ds = ViewDataset([str(bad)], build_transform(cfg, is_train=False))
+    with pytest.raises(ImageReadError) as direct:
+        ds[0]
+    with pytest.raises(ImageReadError) as via_worker:
+        next(iter(DataLoader(ds, num_workers=1)))
+    assert str(via_worker.value) == str(direct.value)
+    assert str(direct.value).startswith(f"Cannot decode image {bad}")
+
+
 def test_every_image_read_goes_through_one_function():
     from fsclip.adapt import extract
     from fsclip.engine.data import images, manager

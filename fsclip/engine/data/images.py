@@ -27,7 +27,20 @@ SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 
 class ImageReadError(DataError):
-    """An image file that exists in a split but cannot be decoded."""
+    """An image file that exists in a split but cannot be decoded.
+
+    A DataLoader worker's exception is re-raised in the main process as
+    ``ImageReadError("Caught ImageReadError in DataLoader worker process N. Original Traceback
+    ...")``; the message is cut back to the original one, so the run's ERROR line is the same
+    with or without workers.
+    """
+
+    def __init__(self, message: str = "") -> None:
+        text = str(message)
+        marker = f"{type(self).__name__}: "
+        if text.startswith("Caught ") and "Original Traceback" in text and marker in text:
+            text = text[text.rindex(marker) + len(marker):].strip()
+        super().__init__(text)
 
 
 def _to_8bit(img: Image.Image, path: str) -> Image.Image:
