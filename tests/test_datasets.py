@@ -7,6 +7,7 @@ does (defaults + fsclip.datasets.extend_cfg + configs/datasets/<name>.yaml).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -688,6 +689,25 @@ def test_unwritable_fewshot_cache(tmp_path, monkeypatch):
     with pytest.raises(DatasetError, match="cannot write the few-shot cache") as err:
         build("eurosat", str(tmp_path), shots=2)
     assert osp.join(str(tmp_path), "eurosat", "split_fewshot") in str(err.value)
+
+
+@pytest.mark.parametrize("code,reason", [(errno.EROFS, "read-only file system"), (errno.ENOSPC, "disk full")])
+def test_split_file_on_read_only_or_full_storage_points_to_fewshot_dir(tmp_path, monkeypatch, code, reason):
+    """A read-only mount (EROFS, not a PermissionError) or a full disk while writing the few-shot
+    split file: one DatasetError naming the folder, the reason and DATASET.FEWSHOT_DIR; no file
+    left behind. (Tests run as root, which chmod does not stop: the write is made to fail.)"""
+    import fsclip.engine.data.base as base
+
+    def refused(path, text):
+        raise OSError(code, os.strerror(code), path)
+
+    make_split_tree(str(tmp_path), "EuroSAT")
+    monkeypatch.setattr(base, "atomic_write_text", refused)
+    with pytest.raises(DatasetError, match="DATASET.FEWSHOT_DIR") as err:
+        build("eurosat", str(tmp_path), shots=2)
+    folder = osp.join(str(tmp_path), "eurosat", "split_fewshot")
+    assert f"shot_2-seed_1.json: {reason}" in str(err.value) and folder in str(err.value)
+    assert not osp.isdir(folder) or os.listdir(folder) == []
 
 
 def test_imagenetv2_missing_class_folder(tmp_path):

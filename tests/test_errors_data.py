@@ -33,3 +33,31 @@ def test_custom_dataset_of_one_class_is_refused(world, capsys, tmp_path):  # noq
     line, _ = fail(world, argv, capsys)
     assert "needs at least 2 classes, found 1 class ('cat')" in line
     assert osp.join(str(tmp_path), "mine") in line
+
+
+def test_read_only_data_folder_points_to_fewshot_dir_which_then_works(world, capsys, tmp_path, monkeypatch):  # noqa: F811
+    """The few-shot split file cannot go beside the images (a read-only mount: EROFS, which chmod
+    cannot simulate for root): the ERROR line names DATASET.FEWSHOT_DIR, and with it set the same
+    run succeeds without writing anything into the data folder."""
+    import os
+
+    import fsclip.engine.data.base as base
+
+    data = tmp_path / "data"
+    make_custom(str(data), {"cat": 6, "dog": 6})
+    real_write = base.atomic_write_text
+
+    def read_only_data(path, text):
+        if str(path).startswith(str(data)):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), path)
+        real_write(path, text)
+
+    monkeypatch.setattr(base, "atomic_write_text", read_only_data)
+    argv = world.argv("ZeroshotCLIP", "DATASET.NAME", "Custom", "DATASET.ROOT", str(data),
+                      "DATASET.CUSTOM_DIR", "mine", out=str(tmp_path / "run"))
+    line, _ = fail(world, argv, capsys)
+    assert "read-only file system" in line and "DATASET.FEWSHOT_DIR" in line
+    assert str(data / "mine" / "split_fewshot") in line
+    assert main(argv + ["DATASET.FEWSHOT_DIR", str(tmp_path / "splits")]) == 0
+    assert (tmp_path / "splits" / "mine" / "shot_2-seed_1.json").is_file()
+    assert not (data / "mine" / "split_fewshot").exists() or not any((data / "mine" / "split_fewshot").iterdir())
