@@ -17,7 +17,7 @@ from collections import OrderedDict
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from fsclip.backend import DatasetBase, Datum
-from fsclip.engine.data.base import load_or_create_fewshot, subsample_classes
+from fsclip.engine.data.base import SplitWriteError, load_or_create_fewshot, subsample_classes
 from fsclip.errors import DataError
 
 DOCS = "DATASETS.md"
@@ -194,6 +194,12 @@ class BenchmarkDataset(DatasetBase):
             raise self.error(source, f"class {y} ({names.get(y, 'unnamed')!r}) has no training "
                                      f"images ({len(empty)} such classes)")
 
+    @staticmethod
+    def unwritable(reason: str) -> str:
+        return (f"cannot write the few-shot cache ({reason}); make the folder writable (or free "
+                "space), or set DATASET.FEWSHOT_DIR to a writable folder for the split files (e.g. "
+                "DATASET.FEWSHOT_DIR ~/fsclip-splits: the data folder can then stay read-only)")
+
     def finish(self, cfg, train: List[Datum], val: List[Datum], test: List[Datum],
                image_root: str, disjoint_val: bool = False) -> Tuple[List[Datum], List[Datum], List[Datum]]:
         """Few-shot selection (DATASET.NUM_SHOTS, SEED) then CoCoOp's SUBSAMPLE_CLASSES."""
@@ -202,10 +208,11 @@ class BenchmarkDataset(DatasetBase):
                 train, val, cfg.DATASET.NUM_SHOTS, cfg.SEED, self.split_fewshot_dir, image_root,
                 disjoint_val=disjoint_val,
             )
+        except SplitWriteError as err:
+            raise self.error(self.split_fewshot_dir, self.unwritable(
+                f"{osp.basename(err.path)}: {err.reason}")) from None
         except (PermissionError, NotADirectoryError, FileExistsError) as err:
-            raise self.error(self.split_fewshot_dir, f"cannot write the few-shot cache ({err}); "
-                             "make the folder writable, or set DATASET.FEWSHOT_DIR to a writable "
-                             "folder for the split files") from None
+            raise self.error(self.split_fewshot_dir, self.unwritable(str(err))) from None
         train, val, test = subsample_classes(
             train, val, test, subsample=cfg.DATASET.SUBSAMPLE_CLASSES
         )

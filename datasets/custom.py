@@ -78,8 +78,22 @@ class Custom(BenchmarkDataset):
         else:
             fractions = cfg.DATASET.get("CUSTOM_SPLIT", (0.5, 0.2))
             train, val, test = self.split_class_folders(top, fractions)
+        self.require_two_classes(train)
         train, val, test = self.finish(cfg, train, val, test, self.image_dir)
+        self.require_two_classes(train, subsample=cfg.DATASET.SUBSAMPLE_CLASSES)
         super().__init__(train_x=train, val=val, test=test)
+
+    def require_two_classes(self, train: List[Datum], subsample: str = "all") -> None:
+        """Refuse a dataset of fewer than 2 classes: every prediction would be right."""
+        names = sorted({d.classname for d in train})
+        if len(names) >= 2:
+            return
+        found = f"1 class ({names[0]!r})" if names else "no class"
+        cause = (f"DATASET.SUBSAMPLE_CLASSES {subsample} leaves {found}" if subsample != "all"
+                 else f"found {found}")
+        raise self.error(self.dataset_dir, f"a classification dataset needs at least 2 classes, "
+                         f"{cause} (with one class every prediction is right and accuracy is a "
+                         f"meaningless 100%). Add a folder per class")
 
     def images_of(self, folder: str) -> List[str]:
         """Sorted image file names of a class folder; an empty class is an error."""

@@ -7,6 +7,7 @@ does (defaults + fsclip.datasets.extend_cfg + configs/datasets/<name>.yaml).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -535,6 +536,26 @@ def test_custom_errors(tmp_path):
     assert "empty_class" in str(err.value) and "DATASETS.md#custom" in str(err.value)
 
 
+@pytest.mark.parametrize("layout", ["flat", "split_folders", "subsample"])
+def test_custom_with_fewer_than_two_classes_is_refused(tmp_path, layout):
+    """One class would report 100% accuracy whatever the model does."""
+    root = str(tmp_path)
+    if layout == "flat":
+        make_custom_flat(root, sizes=(10,))
+    elif layout == "split_folders":
+        for split in ("train", "test"):
+            for i in range(3):
+                write_image(osp.join(root, "mypets", split, "cat", f"{i}.png"))
+    else:  # 2 classes, of which base keeps 1
+        make_custom_flat(root, sizes=(10, 10))
+    subsample = "base" if layout == "subsample" else "all"
+    with pytest.raises(DatasetError, match="at least 2 classes") as err:
+        build("custom", root, subsample=subsample, opts=("DATASET.CUSTOM_DIR", "mypets"))
+    assert osp.join(root, "mypets") in str(err.value)
+    if layout == "subsample":
+        assert "DATASET.SUBSAMPLE_CLASSES base leaves 1 class" in str(err.value)
+
+
 # ----------------------------------------------------------------------------- bad input
 
 ALL_YAML = {name: spec[0] for name, spec in TRAINABLE.items()}
@@ -668,6 +689,25 @@ def test_unwritable_fewshot_cache(tmp_path, monkeypatch):
     with pytest.raises(DatasetError, match="cannot write the few-shot cache") as err:
         build("eurosat", str(tmp_path), shots=2)
     assert osp.join(str(tmp_path), "eurosat", "split_fewshot") in str(err.value)
+
+
+@pytest.mark.parametrize("code,reason", [(errno.EROFS, "read-only file system"), (errno.ENOSPC, "disk full")])
+def test_split_file_on_read_only_or_full_storage_points_to_fewshot_dir(tmp_path, monkeypatch, code, reason):
+    """A read-only mount (EROFS, not a PermissionError) or a full disk while writing the few-shot
+    split file: one DatasetError naming the folder, the reason and DATASET.FEWSHOT_DIR; no file
+    left behind. (Tests run as root, which chmod does not stop: the write is made to fail.)"""
+    import fsclip.engine.data.base as base
+
+    def refused(path, text):
+        raise OSError(code, os.strerror(code), path)
+
+    make_split_tree(str(tmp_path), "EuroSAT")
+    monkeypatch.setattr(base, "atomic_write_text", refused)
+    with pytest.raises(DatasetError, match="DATASET.FEWSHOT_DIR") as err:
+        build("eurosat", str(tmp_path), shots=2)
+    folder = osp.join(str(tmp_path), "eurosat", "split_fewshot")
+    assert f"shot_2-seed_1.json: {reason}" in str(err.value) and folder in str(err.value)
+    assert not osp.isdir(folder) or os.listdir(folder) == []
 
 
 def test_imagenetv2_missing_class_folder(tmp_path):

@@ -124,6 +124,101 @@ def test_corrupt_and_missing_images_name_the_file(tmp_path):
         read_image(str(tmp_path / "missing.png"))
 
 
+def _gradient_8bit():
+    import numpy as np
+    return np.arange(256, dtype=np.uint8).reshape(16, 16)  # [H, W], every 8-bit level once
+
+
+@pytest.mark.parametrize("kind", ["png16", "pgm16", "float01", "float255"])
+def test_high_bit_depth_images_scaled_to_8_bits(tmp_path, kind):
+    """A 16-bit greyscale PNG (mode I;16), a 16-bit PGM (Pillow opens it as mode I) and float
+    TIFFs (mode F) come back with their 8-bit levels, not clipped to white or black."""
+    import numpy as np
+    from PIL import Image
+
+    levels = _gradient_8bit()
+    path = tmp_path / {"png16": "g.png", "pgm16": "g.pgm"}.get(kind, "g.tif")
+    if kind in ("png16", "pgm16"):
+        Image.fromarray(levels.astype(np.uint16) * 257).save(path)  # 255 -> 65535
+    else:
+        scale = 1 / 255 if kind == "float01" else 1.0
+        Image.fromarray(levels.astype(np.float32) * np.float32(scale)).save(path)
+    with Image.open(path) as raw:
+        assert raw.mode == {"png16": "I;16", "pgm16": "I"}.get(kind, "F")
+    img = read_image(str(path))
+    assert img.mode == "RGB"
+    got = np.asarray(img)  # [H, W, 3]
+    assert (got == levels[..., None]).all()
+
+
+@pytest.mark.parametrize("values,mode", [((-1.0, 0.5), "F"), ((0.0, 300.0), "F"), ((0, 70000), "I")])
+def test_unmappable_high_bit_depth_images_are_refused_by_name(tmp_path, values, mode):
+    import numpy as np
+    from PIL import Image
+
+    dtype = np.float32 if mode == "F" else np.int32
+    path = tmp_path / "odd.tif"
+    Image.fromarray(np.array([values, values], dtype=dtype)).save(path)
+    with pytest.raises(ImageReadError, match=f"odd.tif.*mode {mode}.*Convert it to an 8-bit image"):
+        read_image(str(path))
+
+
+def test_decompression_bomb_names_the_file_and_how_to_resize(tmp_path, monkeypatch):
+    from PIL import Image
+
+    path = tmp_path / "huge.png"
+    Image.new("RGB", (64, 64)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 4096 pixels > 2 x 100: a "bomb"
+    with pytest.raises(ImageReadError, match=r"huge\.png is too large.*mogrify -resize") as err:
+        read_image(str(path))
+    assert "\n" not in str(err.value)
+
+
+def test_16bit_png_reaches_the_model_as_its_8bit_twin(tmp_path):
+    """Through the test transform and the trunk's view dataset (the feature cache's input), a
+    16-bit PNG gives the same tensor as the 8-bit PNG it was made from."""
+    import numpy as np
+    from PIL import Image
+
+    from fsclip.adapt.extract import ViewDataset
+
+    levels = _gradient_8bit()
+    Image.fromarray(levels).save(tmp_path / "g8.png")
+    Image.fromarray(levels.astype(np.uint16) * 257).save(tmp_path / "g16.png")
+    cfg = get_cfg_default()
+    cfg.INPUT.SIZE = (16, 16)
+    ds = ViewDataset([str(tmp_path / "g8.png"), str(tmp_path / "g16.png")], build_transform(cfg, is_train=False))
+    eight, sixteen = ds[0], ds[1]  # [V, 3, H, W] each
+    assert torch.equal(eight, sixteen) and eight.std() > 0
+
+
+def test_image_error_in_a_dataloader_worker_keeps_its_one_line_message(tmp_path):
+    from torch.utils.data import DataLoader
+
+    from fsclip.adapt.extract import ViewDataset
+
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"not a png")
+    cfg = get_cfg_default()
+    ds = ViewDataset([str(bad)], build_transform(cfg, is_train=False))
+    with pytest.raises(ImageReadError) as direct:
+        ds[0]
+    with pytest.raises(ImageReadError) as via_worker:
+        next(iter(DataLoader(ds, num_workers=1)))
+    assert str(via_worker.value) == str(direct.value)
+    assert str(direct.value).startswith(f"Cannot decode image {bad}")
+
+
+def test_every_image_read_goes_through_one_function():
+    from fsclip.adapt import extract
+    from fsclip.engine.data import images, manager
+    from fsclip.kit import clipfns
+    from fsclip.prompting import visual_data
+
+    for module in (extract, manager, clipfns, visual_data):
+        assert module.read_image is images.read_image, module.__name__
+
+
 def test_transforms_coop_train_and_test_pipelines():
     cfg = get_cfg_default()
     cfg.INPUT.TRANSFORMS = ("random_resized_crop", "random_flip", "normalize")

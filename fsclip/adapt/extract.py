@@ -11,7 +11,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from fsclip.engine.data.manager import read_image
+from fsclip.engine.data.images import read_image
 
 
 def view_seed(impath: str, view: int, seed: int, root: str = "") -> int:

@@ -25,6 +25,8 @@ def read_class_prompts(path: str, classnames: Sequence[str]) -> List[List[str]]:
     """Prompts per class from a CuPL-style JSON file, in ``classnames`` order.
 
     Keys match a class name exactly, or with underscores and spaces treated alike, ignoring case.
+    Every class needs a non-empty list of non-blank strings (an empty prompt would be encoded as
+    the bare start and end tokens and pull the class's mean towards a class-agnostic feature).
     """
     if not osp.isfile(path):
         raise ConfigError(f"Prompt file {path} does not exist; set the PROMPTS key to one of {KINDS} "
@@ -47,6 +49,11 @@ def read_class_prompts(path: str, classnames: Sequence[str]) -> List[List[str]]:
         if not prompts or not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts):
             raise ConfigError(f'Prompt file {path} has no list of prompts for class "{name}"; '
                               f"add an entry for every class of the dataset")
+        empty = [i + 1 for i, p in enumerate(prompts) if not p.strip()]
+        if empty:
+            raise ConfigError(f'Prompt file {path}: prompt {empty[0]} of {len(prompts)} for class "{name}" '
+                              f"is empty{f' ({len(empty)} empty in all)' if len(empty) > 1 else ''}; "
+                              "write the prompt or remove it from the list")
         out.append(prompts)
     return out
 

@@ -18,7 +18,7 @@ _EXPORTS = {
     "load_or_create_fewshot": "data.base", "subsample_classes": "data.base",
     "DataManager": "data.manager", "DatasetWrapper": "data.manager",
     "build_data_loader": "data.manager", "build_transform": "data.transforms",
-    "read_image": "data.manager",
+    "read_image": "data.images", "ImageReadError": "data.images",
     # optim
     "build_optimizer": "optim", "build_lr_scheduler": "optim",
     # evaluation

@@ -14,6 +14,7 @@ from PIL import Image
 from fsclip.clip.compat import import_clip
 from fsclip.clip.loader import load_clip
 from fsclip.clip.text import text_classifier as core_text_classifier
+from fsclip.engine.data.images import read_image
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -88,10 +89,7 @@ def read_split(dataset_dir: str, name: str) -> Dict[str, List[Tuple[str, int, st
 
 
 def load_items(items, resolution: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    images = []
-    for path, _, _ in items:
-        with Image.open(path) as im:
-            images.append(im.convert("RGB"))
+    images = [read_image(path) for path, _, _ in items]
     return to_tensor(images, resolution), torch.tensor([y for _, y, _ in items])
 
 

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from fsclip.adapt.cache import FeatureCache
 from fsclip.adapt.extract import describe_transform, extract_views, make_view
-from fsclip.engine.data.manager import read_image
+from fsclip.engine.data.images import read_image
 
 
 class FixedViewDataset(Dataset):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -10,7 +11,28 @@ import random
 from collections import Counter, defaultdict
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from ...errors import DataError
 from ..utils import atomic_write_text
+
+_WRITE_FAULTS = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded",
+                 errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
+                 errno.EPERM: "operation not permitted"}
+
+
+def write_fault(err: OSError) -> str:
+    """A short reason for a failed write: "disk full", "read-only file system", ... or the
+    error's own text."""
+    return _WRITE_FAULTS.get(err.errno or 0, f"{type(err).__name__}: {err.strerror or err}")
+
+
+class SplitWriteError(DataError):
+    """A few-shot split file cannot be written (read-only folder, disk full, ...)."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"Cannot write the few-shot split file {path} ({reason}); make its folder "
+                         f"writable or free space")
 
 
 class Datum:
@@ -218,7 +240,8 @@ def load_or_create_fewshot(train: List[Datum], val: List[Datum],
     train sampled first, then val). The result is cached at
     ``cache_dir/shot_{N}-seed_{S}.json`` with image paths relative to ``image_root``; the file
     is written atomically, so concurrent runs leave one valid file. A cache whose entries are
-    not part of the current split is ignored and rewritten.
+    not part of the current split is ignored and rewritten. A file that cannot be written (a
+    read-only folder, a full disk) raises ``SplitWriteError`` naming it.
     """
     if num_shots < 1:
         return train, val
@@ -247,9 +270,12 @@ def load_or_create_fewshot(train: List[Datum], val: List[Datum],
         picked = {_key(d) for d in fs_train}
         val = [d for d in val if _key(d) not in picked]
     fs_val = sample_fewshot(val, min(num_shots, 4), rng)
-    os.makedirs(cache_dir, exist_ok=True)
     payload = {"train": _encode(fs_train, image_root), "val": _encode(fs_val, image_root)}
-    atomic_write_text(path, json.dumps(payload))
+    try:
+        os.makedirs(cache_dir, exist_ok=True)
+        atomic_write_text(path, json.dumps(payload))
+    except OSError as err:  # atomic: no partial file is left behind
+        raise SplitWriteError(path, write_fault(err)) from None
     print(f"Saving preprocessed few-shot data to {path}")
     report_fewshot(train, fs_train, fs_val, num_shots)
     return fs_train, fs_val

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any, Dict
 
 import torch
-from PIL import Image, UnidentifiedImageError
 from tabulate import tabulate
 from torch.utils.data import Dataset as TorchDataset
 from torchvision.transforms import Compose, Normalize, Resize, ToTensor
@@ -13,29 +12,9 @@ from torchvision.transforms import Compose, Normalize, Resize, ToTensor
 from ...errors import DataError
 from ..registry import build_dataset
 from .base import empty_split_message
+from .images import ImageReadError, read_image  # noqa: F401  (re-exported)
 from .samplers import build_sampler
 from .transforms import INTERPOLATION_MODES, build_transform
-
-
-class ImageReadError(DataError):
-    """An image file that exists in a split but cannot be decoded."""
-
-
-def read_image(path: str) -> Image.Image:
-    """Read an image as RGB; a missing or corrupt file raises one error naming the file."""
-    try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    except FileNotFoundError:
-        raise ImageReadError(
-            f"Image file not found: {path}. The dataset split lists it; check DATASET.ROOT "
-            f"and that the dataset was extracted completely (see DATASETS.md)."
-        ) from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise ImageReadError(
-            f"Cannot decode image {path} ({type(err).__name__}: {err}). The file is corrupt or "
-            f"not an image; re-extract or replace it."
-        ) from None
 
 
 def build_data_loader(cfg, sampler_type: str = "SequentialSampler", data_source=None,
