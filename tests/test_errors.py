@@ -186,7 +186,7 @@ def test_custom_dataset_too_small_says_how_many_images_per_class(world, capsys, 
     line, log = fail(world, argv, capsys)
     assert "at least 4 images" in line and "cat (2)" in line and "owl (1)" in line and log
     # a train/ + test/ layout whose test/ holds no class folder: an empty test split
-    make_custom(str(tmp_path / "split"), {"cat": 3})
+    make_custom(str(tmp_path / "split"), {"cat": 3, "dog": 3})
     os.rename(tmp_path / "split" / "mine", tmp_path / "split" / "train")
     os.makedirs(tmp_path / "split" / "test")
     argv = world.argv("TipAdapter", "DATASET.NAME", "Custom", "DATASET.ROOT", str(tmp_path),
