@@ -196,6 +196,16 @@ def _first_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {text[0] if text else ''}".strip()
 
 
+def _load_error_line(error: BaseException) -> str:
+    """The line of a ``load_state_dict`` error that names the key ("size mismatch for
+    visual.proj: ...", "Missing key(s) ..."), else the error's first line."""
+    for line in str(error).splitlines():
+        line = line.strip()
+        if line.startswith(("size mismatch for", "Missing key(s)", "Unexpected key(s)")):
+            return line.rstrip(".")
+    return _first_line(error)
+
+
 def _check_clip_keys(state_dict: Dict[str, torch.Tensor], path: str) -> None:
     missing = [k for k in _REQUIRED_KEYS if k not in state_dict]
     if "visual.proj" not in state_dict:  # ResNet
@@ -230,7 +240,7 @@ def load_clip(name_or_path: str, device: Union[str, torch.device] = "cpu", cache
             model = clip.model.build_model(state_dict)
     except Exception as error:
         raise CLIPWeightsError(
-            f"cannot build a CLIP model from {path}: {_first_line(error)}. MODEL.BACKBONE.NAME "
+            f"cannot build a CLIP model from {path}: {_load_error_line(error)}. MODEL.BACKBONE.NAME "
             "must point at an OpenAI/clip-anytorch CLIP weights file"
         ) from error
     if prec == "fp32":
