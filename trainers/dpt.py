@@ -192,6 +192,16 @@ class DPT(VisualPromptTrainer):
             optim_cfg.LR, optim_cfg.WARMUP_EPOCH = float(t.LR), int(t.WARMUP_EPOCH)
             self._register("prompt_learner", self.prompt_learner, optim_cfg)
 
+    def per_class_state(self) -> bool:
+        """CAVPT's K-way classifier and class-specific text contexts are per class; visual
+        prompts and a generic text context fit any classes (``fsclip.model_dir``)."""
+        return self.use_cavpt or (self.learn_text and bool(self.prompt_learner.csc))
+
+    def official_model_folders(self) -> Dict[str, List[Tuple[str, Dict[str, str]]]]:
+        """fanrena/DPT saves the deep visual prompts as ``image_encoder.transformer.ctx_learner``
+        (key ``ctx``); its ``prompt_learner`` is CoOp's, as ours."""
+        return {"visual_prompts": [("image_encoder.transformer.ctx_learner", {"ctx": "prompts"})]}
+
     def _register(self, name: str, module: nn.Module, optim_cfg: Any) -> None:
         optim = build_optimizer(module, optim_cfg)
         self.register_model(name, module, optim, build_lr_scheduler(optim, optim_cfg))

@@ -52,6 +52,8 @@ GRID_KEYS = {"lr": "TRAINER.SAFE.LRS", "weight_decay": "TRAINER.SAFE.WDS"}
 class SAFE(FrozenFeatureTrainer):
     """Fine-tune the attention pooling (or the last ViT block), blend with the original."""
 
+    PER_CLASS_STATE = False  # AttnPool_F is an image-side layer; W_c is rebuilt from this run's classes
+
     @classmethod
     def extend_cfg(cls, cfg) -> None:
         super().extend_cfg(cfg)
@@ -169,6 +171,8 @@ class SAFE(FrozenFeatureTrainer):
 @TRAINER_REGISTRY.register()
 class SAFE_A(SAFE):
     """SAFE-A: Tip-Adapter-F on SAFE's blended features (Eq. 9-10 into Eq. 8)."""
+
+    PER_CLASS_STATE = True  # Tip-Adapter's cache (keys and one-hot values over these classes)
 
     @classmethod
     def extend_cfg(cls, cfg) -> None:

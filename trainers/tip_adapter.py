@@ -49,6 +49,8 @@ def add_tip_cfg(cfg) -> None:
 class TipAdapter(FrozenFeatureTrainer):
     """Training-free Tip-Adapter on frozen CLIP features."""
 
+    PER_CLASS_STATE = True  # the cache: one key per training image, values one-hot over these classes (fsclip.model_dir)
+
     finetune_keys = False
 
     @classmethod
