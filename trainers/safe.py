@@ -25,7 +25,7 @@ both choose the same setting.
 
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -43,7 +43,7 @@ from fsclip.adapt.trainer import FrozenFeatureTrainer
 from fsclip.backend import TRAINER_REGISTRY
 from fsclip.engine.optim import adamw
 
-from .tip_adapter import add_tip_cfg
+from .tip_adapter import add_tip_cfg, check_cache_classes
 
 GRID_KEYS = {"lr": "TRAINER.SAFE.LRS", "weight_decay": "TRAINER.SAFE.WDS"}
 
@@ -184,6 +184,11 @@ class SAFE_A(SAFE):
         n_keys = len(self.split_items("train"))
         self.adapter = CacheAdapter(n_keys, self.text_weights.shape[1], len(self.classnames)).to(self.device)
         self.register_model("cache_adapter", self.adapter, None, None)
+
+    def load_model(self, directory: str, epoch: Optional[int] = None) -> None:
+        super().load_model(directory, epoch)
+        if directory:
+            check_cache_classes(self, directory)
 
     def fit(self) -> None:
         self.fit_safe()
