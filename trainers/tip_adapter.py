@@ -64,7 +64,7 @@ def check_cache_classes(trainer, directory: str) -> None:
 class TipAdapter(FrozenFeatureTrainer):
     """Training-free Tip-Adapter on frozen CLIP features."""
 
-    PER_CLASS_STATE = True  # the cache: one key per training image, values one-hot over these classes (fsclip.model_dir)
+    PER_CLASS_STATE = True  # the cache's values are one-hot over the training classes (fsclip.model_dir)
 
     finetune_keys = False
 

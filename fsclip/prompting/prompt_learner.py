@@ -10,7 +10,8 @@ context words' embeddings are replaced by learned vectors ``ctx`` (CoOp, Zhou et
 ``ctx`` is one ``[M, width]`` set shared by all classes (generic) or ``[K, M, width]``
 (class-specific, CSC), initialised from N(0, 0.02^2) or from the word embeddings of
 ``ctx_init`` (e.g. "a photo of a"; M is then its number of words and the context is generic,
-as in CoOp; tokens of a word beyond the M-th token stay fixed, as in CoOp). Prompts are tokenized to the longest prompt (short context), not 77 tokens.
+as in CoOp; BPE tokens beyond the M-th stay fixed, as in CoOp). Prompts are tokenized to
+the longest prompt (short context), not 77 tokens.
 
 State dict: only the learned tensors (``ctx``; subclasses add theirs, e.g. CoCoOp's meta-net),
 under CoOp's names, so checkpoints written by CoOp load (its fixed ``token_prefix`` /
@@ -52,15 +53,17 @@ class TextPromptLearner(nn.Module):
             its number of words, as the official code counts (so its checkpoints load): with a word
             of several BPE tokens ("a photo of a heart-shaped": 5 words, 7 tokens) the first M
             tokens are learned and the remaining ones ("-", "shaped") stay fixed text before the
-            class name. To learn every token, write the init as single-token words.
+            class name. No option keeps the BPE count: it would learn vectors CoOp keeps fixed, so
+            its runs and checkpoints would not compare with CoOp's; to learn every token, write the
+            init as single-token words.
         csc: class-specific contexts ``[K, M, width]`` (ignored with ``ctx_init``).
         position: where the class name goes: "end", "middle" or "front".
         init_std: std of the random initialisation (CoOp: 0.02).
 
     Attributes: ``ctx`` (the parameter), ``tokens`` ``[K, L]`` (token ids in prompt order; argmax
-    = EOT), ``n_ctx``, ``n_fixed`` (fixed tokens of ``ctx_init`` after the context), ``n_cls``, ``csc``, ``position``, ``init_text`` (the context as text,
-    "X X ..." for a random one), ``share_prefix`` (use the prefix-shared encoder where it
-    applies; on by default).
+    = EOT), ``n_ctx``, ``n_fixed`` (fixed tokens of ``ctx_init`` after the context), ``n_cls``,
+    ``csc``, ``position``, ``init_text`` (the context as text, "X X ..." for a random one),
+    ``share_prefix`` (use the prefix-shared encoder where it applies; on by default).
     """
 
     def __init__(self, clip_model: Any, classnames: Sequence[str], n_ctx: int = 16, ctx_init: str = "",
