@@ -9,7 +9,8 @@ trains on in ``OUTPUT_DIR/classnames.json`` (written atomically when training st
 * refuses (one ConfigError naming both sides) when the class names differ and the trainer's saved
   state is per class (Tip-Adapter's cache, linear heads, class-specific CoOp contexts, ...): such
   weights score the classes they were trained on, whatever this run calls them;
-* allows other classes where the state is class-agnostic (a generic CoOp context, visual prompts):
+* allows other classes where the state is class-agnostic (a generic CoOp context, visual prompts,
+  DPT's CAVPT, whose K-way classifier serves the training loss only):
   that is the base-to-new and cross-dataset protocol. The same class names from another dataset
   (ImageNet -> ImageNet-V2/Sketch/A/R, the domain-shift protocol) are the same classes;
 * goes on with a note when ``DIR`` holds no record (a run of the official CoOp, CoCoOp or DPT code,

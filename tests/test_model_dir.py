@@ -196,6 +196,17 @@ def test_official_cocoop_and_vlp_checkpoints_load(world, tmp_path):
     vlp.load_model(off)
     assert torch.equal(vlp.vpt.prompts.detach(), prompts.float())
     assert torch.equal(vlp.prompt_learner.ctx.detach(), ctx.float())
+    assert not vlp.per_class_state()
+
+    # CAVPT's K-way classifier is for the training loss only: one of another class count is not
+    # loaded (as fanrena/DPT drops it), the rest is; so CAVPT models evaluate on other classes
+    cavpt = trainer("VPT_CLIP_CAVPT", "TRAINER.DPT.PREC", "fp32", "TRAINER.DPT.VPT.LENGTH", "2", weights=vit)
+    state = {k: torch.randn_like(v) for k, v in cavpt.cavpt.state_dict().items()}
+    mine = cavpt.cavpt[0].classifier.weight.detach().clone()
+    state["0.classifier.weight"] = torch.randn(5, mine.shape[1])
+    cavpt.cavpt.load_state_dict(state)
+    assert torch.equal(cavpt.cavpt[0].classifier.weight, mine)
+    assert torch.equal(cavpt.cavpt[0].ln.weight, state["0.ln.weight"]) and not cavpt.per_class_state()
 
 
 # ------------------------------------------------------------------ CTX_INIT counts words
