@@ -226,6 +226,7 @@ def run(args) -> Optional[float]:
     from fsclip.backend import BACKEND, build_trainer
     from fsclip.engine.logger import collect_env_info, setup_logger
     from fsclip.engine.utils import require_folder, set_random_seed
+    from fsclip.model_dir import prepare_model_dir
     from fsclip.runs import record_config
 
     load_plugins(args.plugins)
@@ -247,6 +248,7 @@ def run(args) -> Optional[float]:
     check_names(cfg)
     trainer = build_trainer(cfg)
     check_eval_only(args, trainer)
+    prepare_model_dir(args, trainer)  # eval-only: does --model-dir fit? training: record the classes
     if args.eval_only:
         trainer.load_model(args.model_dir, epoch=args.load_epoch)
         return trainer.test()

@@ -137,6 +137,8 @@ def beta_grid(scale: float, steps: int) -> list:
 class CALIP(FrozenFeatureTrainer):
     """Training-free CALIP: parameter-free attention, betas (and alphas) chosen on val."""
 
+    PER_CLASS_STATE = False  # betas, alphas (and CALIP-FS's projections) apply to any classes
+
     learnable = False
 
     @classmethod

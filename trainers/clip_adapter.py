@@ -50,6 +50,8 @@ class VisualAdapter(nn.Module):
 class CLIPAdapter(FrozenFeatureTrainer):
     """Residual bottleneck adapter on the image feature; text classifier frozen."""
 
+    PER_CLASS_STATE = False  # an image-feature MLP; W_c is rebuilt from this run's classes (fsclip.model_dir)
+
     @classmethod
     def extend_cfg(cls, cfg) -> None:
         super().extend_cfg(cfg)

@@ -48,6 +48,8 @@ from fsclip.errors import ConfigError
 class CrossModal(FrozenFeatureTrainer):
     """Linear head from the zero-shot classifier, trained on image and text samples."""
 
+    PER_CLASS_STATE = True  # the linear head has one row per class (fsclip.model_dir)
+
     cfg_node = "CROSSMODAL"
     text_samples = True  # cross-modal batches (WiSEFT trains on images only)
 

@@ -69,6 +69,15 @@ class CAVPT(nn.Module):
         self.out = nn.Linear(width, width) if output == "lp" else nn.LayerNorm(width)
         self.detach, self.output = detach, output
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        # the K-way classifier serves only the training loss (Eq. 10): one saved for other classes is
+        # not loaded (fanrena/DPT drops it on load too), so CAVPT evaluates on any classes
+        key = prefix + "classifier.weight"
+        saved = state_dict.get(key)
+        if saved is not None and saved.shape != self.classifier.weight.shape:
+            state_dict[key] = self.classifier.weight.detach().clone()
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def forward(self, tokens: Tensor, text: Tensor) -> Tuple[Tensor, Tensor]:
         """tokens ``[B, N, width]`` entering the block (class token first), text ``[B, K_T, D]``
         -> prompts ``[B, K_T, width]`` and K-way logits ``[B, K_T, K]``."""
@@ -191,6 +200,17 @@ class DPT(VisualPromptTrainer):
             optim_cfg.defrost()
             optim_cfg.LR, optim_cfg.WARMUP_EPOCH = float(t.LR), int(t.WARMUP_EPOCH)
             self._register("prompt_learner", self.prompt_learner, optim_cfg)
+
+    def per_class_state(self) -> bool:
+        """Class-specific text contexts are per class; visual prompts, CAVPT (its K-way classifier
+        is for the loss only, see ``CAVPT``) and a generic text context fit any classes
+        (``fsclip.model_dir``)."""
+        return self.learn_text and bool(self.prompt_learner.csc)
+
+    def official_model_folders(self) -> Dict[str, List[Tuple[str, Dict[str, str]]]]:
+        """fanrena/DPT saves the deep visual prompts as ``image_encoder.transformer.ctx_learner``
+        (key ``ctx``); its ``prompt_learner`` is CoOp's, as ours."""
+        return {"visual_prompts": [("image_encoder.transformer.ctx_learner", {"ctx": "prompts"})]}
 
     def _register(self, name: str, module: nn.Module, optim_cfg: Any) -> None:
         optim = build_optimizer(module, optim_cfg)

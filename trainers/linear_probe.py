@@ -80,6 +80,8 @@ def coop_c_search(run: Callable[[float], RunResult], grid: List[float], steps: i
 class LinearProbe(FrozenFeatureTrainer):
     """Logistic regression on frozen CLIP image embeddings, C chosen on val."""
 
+    PER_CLASS_STATE = True  # the logistic head has one row per class (fsclip.model_dir)
+
     @classmethod
     def extend_cfg(cls, cfg) -> None:
         super().extend_cfg(cfg)

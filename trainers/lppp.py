@@ -133,6 +133,8 @@ class BlockDescent(torch.optim.Optimizer):
 class LPPP(FrozenFeatureTrainer):
     """LP++: visual prototypes plus text embeddings with learnable class-wise multipliers."""
 
+    PER_CLASS_STATE = True  # visual prototypes and multipliers per class (fsclip.model_dir)
+
     @classmethod
     def extend_cfg(cls, cfg) -> None:
         super().extend_cfg(cfg)

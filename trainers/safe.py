@@ -25,7 +25,7 @@ both choose the same setting.
 
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -43,7 +43,7 @@ from fsclip.adapt.trainer import FrozenFeatureTrainer
 from fsclip.backend import TRAINER_REGISTRY
 from fsclip.engine.optim import adamw
 
-from .tip_adapter import add_tip_cfg
+from .tip_adapter import add_tip_cfg, check_cache_classes
 
 GRID_KEYS = {"lr": "TRAINER.SAFE.LRS", "weight_decay": "TRAINER.SAFE.WDS"}
 
@@ -51,6 +51,8 @@ GRID_KEYS = {"lr": "TRAINER.SAFE.LRS", "weight_decay": "TRAINER.SAFE.WDS"}
 @TRAINER_REGISTRY.register()
 class SAFE(FrozenFeatureTrainer):
     """Fine-tune the attention pooling (or the last ViT block), blend with the original."""
+
+    PER_CLASS_STATE = False  # AttnPool_F is an image-side layer; W_c is rebuilt from this run's classes
 
     @classmethod
     def extend_cfg(cls, cfg) -> None:
@@ -170,6 +172,8 @@ class SAFE(FrozenFeatureTrainer):
 class SAFE_A(SAFE):
     """SAFE-A: Tip-Adapter-F on SAFE's blended features (Eq. 9-10 into Eq. 8)."""
 
+    PER_CLASS_STATE = True  # Tip-Adapter's cache (keys and one-hot values over these classes)
+
     @classmethod
     def extend_cfg(cls, cfg) -> None:
         super().extend_cfg(cfg)
@@ -180,6 +184,11 @@ class SAFE_A(SAFE):
         n_keys = len(self.split_items("train"))
         self.adapter = CacheAdapter(n_keys, self.text_weights.shape[1], len(self.classnames)).to(self.device)
         self.register_model("cache_adapter", self.adapter, None, None)
+
+    def load_model(self, directory: str, epoch: Optional[int] = None) -> None:
+        super().load_model(directory, epoch)
+        if directory:
+            check_cache_classes(self, directory)
 
     def fit(self) -> None:
         self.fit_safe()

@@ -101,6 +101,8 @@ def vt_logits(image: Tensor, vt: Tensor, scale: float) -> Tensor:
 class VTCLIP(FrozenFeatureTrainer):
     """Text features refined per image by a visual-guided cross-attention module."""
 
+    PER_CLASS_STATE = False  # attention blocks over any set of class texts (fsclip.model_dir)
+
     @classmethod
     def extend_cfg(cls, cfg) -> None:
         super().extend_cfg(cfg)

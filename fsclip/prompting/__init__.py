@@ -22,7 +22,8 @@ Text prompts (``fsclip.prompting.prompt_learner``; stable API)::
     learner.share_prefix = False         # force the plain path (same result, more work)
 
 ``ctx_init`` ("a photo of a") initialises a generic context from those words' embeddings (M is
-then their token count), so the initial prompts are exactly that template's. The state dict
+then their word count, as the official code counts; further BPE tokens of a word stay fixed), so
+the initial prompts are exactly that template's. The state dict
 holds only ``ctx`` (under CoOp's name; CoOp's saved ``token_prefix``/``token_suffix`` are
 ignored on load), so a generic context learned on some classes evaluates on others.
 

@@ -9,8 +9,9 @@ context words' embeddings are replaced by learned vectors ``ctx`` (CoOp, Zhou et
 
 ``ctx`` is one ``[M, width]`` set shared by all classes (generic) or ``[K, M, width]``
 (class-specific, CSC), initialised from N(0, 0.02^2) or from the word embeddings of
-``ctx_init`` (e.g. "a photo of a"; M is then its number of tokens and the context is generic,
-as in CoOp). Prompts are tokenized to the longest prompt (short context), not 77 tokens.
+``ctx_init`` (e.g. "a photo of a"; M is then its number of words and the context is generic,
+as in CoOp; BPE tokens beyond the M-th stay fixed, as in CoOp). Prompts are tokenized to
+the longest prompt (short context), not 77 tokens.
 
 State dict: only the learned tensors (``ctx``; subclasses add theirs, e.g. CoCoOp's meta-net),
 under CoOp's names, so checkpoints written by CoOp load (its fixed ``token_prefix`` /
@@ -48,15 +49,21 @@ class TextPromptLearner(nn.Module):
         clip_model: a clip-anytorch CLIP (its token embedding gives the fixed tokens).
         classnames: the K class names, used as given (datasets clean them, e.g. "_" -> " ").
         n_ctx: context length M (ignored when ``ctx_init`` is given).
-        ctx_init: words whose embeddings initialise a generic context ("" = random).
+        ctx_init: words whose embeddings initialise a generic context ("" = random). M is then
+            its number of words, as the official code counts (so its checkpoints load): with a word
+            of several BPE tokens ("a photo of a heart-shaped": 5 words, 7 tokens) the first M
+            tokens are learned and the remaining ones ("-", "shaped") stay fixed text before the
+            class name. No option keeps the BPE count: it would learn vectors CoOp keeps fixed, so
+            its runs and checkpoints would not compare with CoOp's; to learn every token, write the
+            init as single-token words.
         csc: class-specific contexts ``[K, M, width]`` (ignored with ``ctx_init``).
         position: where the class name goes: "end", "middle" or "front".
         init_std: std of the random initialisation (CoOp: 0.02).
 
     Attributes: ``ctx`` (the parameter), ``tokens`` ``[K, L]`` (token ids in prompt order; argmax
-    = EOT), ``n_ctx``, ``n_cls``, ``csc``, ``position``, ``init_text`` (the context as text,
-    "X X ..." for a random one), ``share_prefix`` (use the prefix-shared encoder where it
-    applies; on by default).
+    = EOT), ``n_ctx``, ``n_fixed`` (fixed tokens of ``ctx_init`` after the context), ``n_cls``,
+    ``csc``, ``position``, ``init_text`` (the context as text, "X X ..." for a random one),
+    ``share_prefix`` (use the prefix-shared encoder where it applies; on by default).
     """
 
     def __init__(self, clip_model: Any, classnames: Sequence[str], n_ctx: int = 16, ctx_init: str = "",
@@ -72,8 +79,10 @@ class TextPromptLearner(nn.Module):
         width = embedding.weight.shape[1]
         device = embedding.weight.device
         ctx_init = ctx_init.replace("_", " ").strip()
+        self.n_fixed = 0  # tokens of ctx_init after the learned ones, kept fixed (see the docstring)
         if ctx_init:
-            n_ctx = _bpe_len(ctx_init)
+            n_ctx = len(ctx_init.split())  # words, as the official CoOp/CoCoOp/DPT code counts
+            self.n_fixed = _bpe_len(ctx_init) - n_ctx
             with torch.no_grad():
                 init = embedding(tokenize_short(ctx_init).to(device))[0, 1:1 + n_ctx].float()
             ctx = init.clone()
@@ -98,7 +107,7 @@ class TextPromptLearner(nn.Module):
             fixed = embedding(tokens).float()  # [K, L, width]
         self.register_buffer("token_prefix", fixed[:, :1], persistent=False)  # SOT
         self.register_buffer("token_suffix", fixed[:, 1 + self.n_ctx:], persistent=False)  # name . EOT pad
-        order = self._order([_bpe_len(name) for name in classnames], tokens.shape[1])
+        order = self._order([self.n_fixed + _bpe_len(name) for name in classnames], tokens.shape[1])
         self.register_buffer("order", order, persistent=False)  # [K, L] source position of each token
         self.register_buffer("tokens", tokens.gather(1, order), persistent=False)
 
@@ -125,8 +134,9 @@ class TextPromptLearner(nn.Module):
 
     def describe(self) -> str:
         kind = "class-specific" if self.csc else "generic"
-        return (f'Initial context: "{self.init_text}"; {self.n_ctx} context tokens ({kind}), class token '
-                f"{self.position}; {self.n_cls} prompts of {self.tokens.shape[1]} tokens")
+        fixed = f" (the last {self.n_fixed} tokens of the init stay fixed)" if self.n_fixed else ""
+        return (f'Initial context: "{self.init_text}"; {self.n_ctx} context tokens ({kind}){fixed}, class '
+                f"token {self.position}; {self.n_cls} prompts of {self.tokens.shape[1]} tokens")
 
     def _context(self, ctx: Optional[Tensor]) -> Tensor:
         """``[B, K, M, width]`` context per prompt (B = 1 unless ``ctx`` has a batch dimension)."""

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import copy
 import datetime
-import os.path as osp
 import time
 from typing import Any, Dict, Iterator, Optional, Tuple
 
@@ -108,6 +107,11 @@ class PromptLearningTrainer(FrozenFeatureTrainer):
         self.sched = build_lr_scheduler(self.optim, cfg.OPTIM)
         self.register_model("prompt_learner", self.prompt_learner, self.optim, self.sched)
         self.scaler = grad_scaler(self.prec, self.device)  # amp on CUDA only
+
+    def per_class_state(self) -> bool:
+        """Class-specific contexts (CSC) are per class; a generic context fits any classes
+        (base-to-new, cross-dataset; ``fsclip.model_dir``)."""
+        return bool(self.prompt_learner.csc)
 
     def build_prompt_learner(self) -> TextPromptLearner:
         c = self.method_cfg
@@ -254,16 +258,3 @@ class PromptLearningTrainer(FrozenFeatureTrainer):
         bs = max(1, int(self.cfg.DATALOADER.TEST.BATCH_SIZE))
         for i in range(0, feats.shape[0], bs):
             yield self.restrict_logits(self.logits(feats[i:i + bs], text)), labels[i:i + bs]
-
-    def load_model(self, directory: str, epoch: Optional[int] = None) -> None:
-        """Dassl's ``load_model``; without ``--load-epoch`` it takes ``model-best.pth.tar`` and,
-        for runs that selected no best model (TEST.FINAL_MODEL last_step), the last checkpoint."""
-        if directory and epoch is None:
-            folder = osp.join(directory, self.get_model_names()[0])
-            pointer = osp.join(folder, "checkpoint")
-            if not osp.exists(osp.join(folder, "model-best.pth.tar")) and osp.exists(pointer):
-                with open(pointer, "r", encoding="utf-8") as f:
-                    name = f.readline().strip()
-                if name.startswith("model.pth.tar-") and name[len("model.pth.tar-"):].isdigit():
-                    epoch = int(name[len("model.pth.tar-"):])
-        super().load_model(directory, epoch)
