@@ -34,6 +34,7 @@ from fsclip.protocol import resolve_max_epoch
 
 from fsclip.datasets.synthetic import SynthShapes
 from fsclip.kit import synth
+from fsclip.kit.realsize import DPT, SMOKE_BUDGETS
 from kit_learning import REPO, config_file
 
 TEST_PER_CLASS = 3  # SynthShapes' test split cut to 3 images per class: fp16 convs are slow on a CPU
@@ -62,33 +63,8 @@ if "SynthShapesMini" not in DATASET_REGISTRY.registered_names():
             self._test = keep
 
 DEVICE = os.environ.get("FSCLIP_TEST_DEVICE", "cpu")
-DPT = ("VPT_CLIP", "VPT_CLIP_CAVPT", "VLP_CLIP", "VLP_CLIP_CAVPT")
 
-# The smallest budgets that still run every part of a method (a few steps, a 2-setting search).
-BUDGETS: Dict[str, List] = {
-    "SAFE": ["TRAINER.SAFE.ITERS", 4, "TRAINER.SAFE.EVAL_EVERY", 2, "TRAINER.SAFE.LRS", [1e-3, 1e-4]],
-    "SAFE_A": ["TRAINER.SAFE.ITERS", 4, "TRAINER.SAFE.EVAL_EVERY", 2, "TRAINER.SAFE.LRS", [1e-3],
-               "TRAINER.TIP.EPOCHS", 2, "TRAINER.TIP.SEARCH_STEP", [4, 4]],
-    "TipAdapter": ["TRAINER.TIP.SEARCH_STEP", [4, 4]],
-    "TipAdapterF": ["TRAINER.TIP.EPOCHS", 2, "TRAINER.TIP.SEARCH_STEP", [4, 4]],
-    "CALIP": ["TRAINER.CALIP.SEARCH_STEP", [4, 4]],
-    "CALIP_FS": ["OPTIM.MAX_EPOCH", 2, "TRAINER.CALIP.SEARCH_STEP", [4, 4], "TRAINER.CALIP.FS.LRS", [0.002],
-                 "TRAINER.CALIP.FS.EVAL_EVERY", 1],
-    "VTCLIP": ["OPTIM.MAX_EPOCH", 2, "TRAINER.VTCLIP.EVAL_EVERY", 1],
-    "CLIPAdapter": ["TRAINER.CLIP_ADAPTER.EPOCHS", 2, "TRAINER.CLIP_ADAPTER.LRS", [1e-2]],
-    "LinearProbe": ["TRAINER.LINEAR_PROBE.SEARCH_STEPS", 2, "TRAINER.LINEAR_PROBE.MAX_ITER", 10,
-                    "TRAINER.LINEAR_PROBE.C_GRID", [1e2, 1.0]],
-    "CrossModal": ["TRAINER.CROSSMODAL.ITERS", 4, "TRAINER.CROSSMODAL.EVAL_EVERY", 2,
-                   "TRAINER.CROSSMODAL.WARMUP_ITERS", 1, "TRAINER.CROSSMODAL.LRS", [1e-2]],
-    "WiSEFT": ["TRAINER.WISEFT.ITERS", 4, "TRAINER.WISEFT.EVAL_EVERY", 2, "TRAINER.WISEFT.WARMUP_ITERS", 1,
-               "TRAINER.WISEFT.LRS", [1e-2], "TRAINER.WISEFT.ALPHAS", [0.0, 0.5, 1.0]],
-    "LPPP": ["TRAINER.LPPP.EPOCHS", 4, "TRAINER.LPPP.ALPHA_EVERY", 2],
-    "CoOp": ["OPTIM.MAX_EPOCH", 2],
-    "CoCoOp": ["OPTIM.MAX_EPOCH", 1],
-    "ProGrad": ["OPTIM.MAX_EPOCH", 2],
-    "KgCoOp": ["OPTIM.MAX_EPOCH", 2],
-    **{name: ["OPTIM.MAX_EPOCH", 1] for name in DPT},
-}
+BUDGETS = SMOKE_BUDGETS  # the smallest budgets that still run every part of a method
 
 
 def precision_keys(cfg) -> List[str]:

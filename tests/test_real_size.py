@@ -70,6 +70,18 @@ def test_a_tensor_of_the_wrong_shape_names_its_key(tmp_path):
         load_clip(path)
 
 
+def test_gpu_check_without_cuda_says_so_and_exits_0():
+    import subprocess
+    import sys
+
+    from fsclip.kit.realsize import REPO
+
+    res = subprocess.run(["bash", os.path.join(REPO, "benchmarks", "gpu_check.sh")], capture_output=True,
+                         text=True, env={**os.environ, "PYTHON": sys.executable, "CUDA_VISIBLE_DEVICES": ""})
+    assert res.returncode == 0 and res.stdout.strip().splitlines() == [
+        "gpu_check: no CUDA device here (torch.cuda.is_available() is False); nothing to check"]
+
+
 # ----------------------------------------------------------------- every trainer at a real size
 DEVICE = os.environ.get("FSCLIP_TEST_DEVICE", "cpu")
 
