@@ -20,6 +20,8 @@ DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 class DiskFullError(UserFacingError, OSError):
     """No space left while writing a file; the message names it (``disk full writing PATH``)."""
 
+    log_in_output_dir = False  # cli.report_error: no new log file for it on that full disk
+
 
 def disk_full(path: str) -> DiskFullError:
     """The error for a write of ``path`` that found its disk full."""

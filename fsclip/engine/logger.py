@@ -64,6 +64,8 @@ class Logger:
             try:
                 self.file.write(msg)
             except OSError as err:
+                if not msg.endswith("\n"):
+                    self.console.write("\n")  # print's newline will not come: end the line here
                 self._failed(err)
         elif self.pending is not None:
             self.pending.write(msg)

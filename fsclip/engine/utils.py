@@ -70,9 +70,17 @@ def _reason(err: OSError) -> str:
 def require_writable_folder(path: str, what: str, fix: str) -> None:
     """``require_folder``, then create ``path`` if missing and check that files can be written
     there (permissions, read-only file system, name length, some free space); a ConfigError
-    (DiskFullError with 0 bytes free) otherwise, before anything is written."""
+    (DiskFullError with 0 bytes free) otherwise, before anything is written, and marked so
+    that ``train.py`` does not try to put its error line in that folder."""
     require_folder(path, what, fix)
-    folder = osp.abspath(osp.expanduser(path))
+    try:
+        _check_writable(osp.abspath(osp.expanduser(path)), path, what)
+    except ConfigError as err:
+        err.log_in_output_dir = False  # type: ignore[attr-defined]
+        raise
+
+
+def _check_writable(folder: str, path: str, what: str) -> None:
     try:
         os.makedirs(folder, exist_ok=True)
     except OSError as err:
