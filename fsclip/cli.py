@@ -288,7 +288,10 @@ def report_error(err: BaseException, message: str, output_dir: str) -> None:
             pass  # e.g. the output path is a file: only the terminal gets the line
     if debug_enabled():
         print("".join(traceback.format_exception(type(err), err, err.__traceback__)).rstrip())
-    print(f"ERROR: {message}")
+    try:
+        print(f"ERROR: {message}")
+    except OSError:
+        pass  # the log file failed on this very line (a full disk); the terminal has it already
 
 
 def interrupted_at(tb: Any) -> str:
@@ -344,7 +347,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         release_all()
         out = sys.stdout
         if out is not console:
-            out.flush()
+            try:
+                out.flush()
+            except OSError:
+                pass  # the log's last lines did not fit on its disk; the terminal has them
             if isinstance(out, Logger):
                 out.close()
             sys.stdout = console

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import glob
+import io
 import os
 import os.path as osp
 import subprocess
@@ -241,6 +242,18 @@ def test_disk_full_writing_log_txt_leaves_no_empty_log(toy, tmp_path, capsys, mo
         assert logs(out) == []  # no empty log.txt (nor a second one for the error line)
     else:
         assert logs(out) == [str(out / "log.txt")] and (out / "log.txt").stat().st_size > 0
+
+
+def test_disk_full_on_the_error_line_itself_prints_it_once(tmp_path, monkeypatch):
+    from fsclip.cli import report_error
+
+    console = io.StringIO()
+    log = logger_mod.Logger(str(tmp_path / "log.txt"), console=console)
+    log.file = FullFile(log.file, room=0)
+    monkeypatch.setattr(sys, "stdout", log)
+    report_error(ValueError("x"), "the run failed", str(tmp_path))
+    monkeypatch.undo()
+    assert console.getvalue() == "ERROR: the run failed\n" and logs(tmp_path) == []
 
 
 def test_zero_bytes_free_is_refused_before_the_log_opens(toy, tmp_path, capsys, monkeypatch):

@@ -26,7 +26,7 @@ import torch.nn as nn
 from torch.serialization import safe_globals
 
 from ..errors import UserFacingError
-from .utils import atomic_torch_save, atomic_write_text, mkdir_if_missing
+from .utils import atomic_torch_save, atomic_write_text, disk_full, is_disk_full, mkdir_if_missing
 
 
 def save_checkpoint(state: Dict[str, Any], save_dir: str, is_best: bool = False,
@@ -48,7 +48,12 @@ def save_checkpoint(state: Dict[str, Any], save_dir: str, is_best: bool = False,
     atomic_write_text(osp.join(save_dir, "checkpoint"), f"{osp.basename(fpath)}\n")
     if is_best:
         best_fpath = osp.join(osp.dirname(fpath), "model-best.pth.tar")
-        shutil.copy(fpath, best_fpath)
+        try:
+            shutil.copy(fpath, best_fpath)
+        except OSError as err:
+            if is_disk_full(err):
+                raise disk_full(best_fpath) from None
+            raise
         print(f'Best checkpoint saved to "{best_fpath}"')
     return fpath
 
