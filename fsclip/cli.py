@@ -15,7 +15,7 @@ import os.path as osp
 import re
 import sys
 import traceback
-from typing import List, Optional, Sequence
+from typing import Any, List, Optional, Sequence
 
 import torch
 
@@ -225,14 +225,16 @@ def check_eval_only(args, trainer) -> None:
 def run(args) -> Optional[float]:
     from fsclip.backend import BACKEND, build_trainer
     from fsclip.engine.logger import collect_env_info, setup_logger
-    from fsclip.engine.utils import require_folder, set_random_seed
+    from fsclip.engine.utils import require_writable_folder, set_random_seed
     from fsclip.model_dir import prepare_model_dir
+    from fsclip.runlock import lock_output_dir
     from fsclip.runs import record_config
 
     load_plugins(args.plugins)
     cfg = setup_cfg(args)
-    require_folder(cfg.OUTPUT_DIR, "The output folder (--output-dir, OUTPUT_DIR)",
-                   "pass a folder (the run writes log.txt and checkpoints there)")
+    require_writable_folder(cfg.OUTPUT_DIR, "The output folder (--output-dir, OUTPUT_DIR)",
+                            "pass a folder (the run writes log.txt and checkpoints there)")
+    lock_output_dir(cfg.OUTPUT_DIR)  # one run per folder; main releases it (or the exit does)
     if cfg.SEED >= 0:
         print(f"Setting fixed seed: {cfg.SEED}")
         set_random_seed(cfg.SEED)
@@ -279,21 +281,51 @@ def report_error(err: BaseException, message: str, output_dir: str) -> None:
     log.txt; when the run failed before its log opened, open it in ``output_dir`` first."""
     from fsclip.engine.logger import log_file, setup_logger
 
-    if log_file() is None and output_dir:
+    # not into a folder another run holds (RunLockedError), nor again after the log failed
+    into_folder = getattr(err, "log_in_output_dir", True) and not getattr(sys.stdout, "broken", False)
+    if log_file() is None and output_dir and into_folder:
         try:
             setup_logger(output_dir)
         except OSError:
             pass  # e.g. the output path is a file: only the terminal gets the line
     if debug_enabled():
         print("".join(traceback.format_exception(type(err), err, err.__traceback__)).rstrip())
-    print(f"ERROR: {message}")
+    try:
+        print(f"ERROR: {message}")
+    except OSError:
+        pass  # the log file failed on this very line (a full disk); the terminal has it already
+
+
+def interrupted_at(tb: Any) -> str:
+    """Where a run was when Ctrl-C stopped it, from the trainer found in the traceback ``tb``:
+    ``at epoch 2/5, batch 3/8 (MyTrainer)``, ``while evaluating (...)``, ``while setting up``."""
+    trainer, in_test = None, False
+    for frame, _ in traceback.walk_tb(tb):
+        obj = frame.f_locals.get("self")
+        if obj is not None and hasattr(type(obj), "get_model_names") and hasattr(obj, "cfg"):
+            trainer = obj
+            in_test = in_test or frame.f_code.co_name == "test"
+    if trainer is None:
+        return "while setting up the run (before its trainer was built)"
+    name, state = type(trainer).__name__, vars(trainer)
+    if "time_start" not in state:
+        return f"while building {name} (data and model)"
+    epoch = f"epoch {state.get('epoch', 0) + 1}/{state.get('max_epoch', '?')}"
+    if in_test:
+        return f"while evaluating ({name}, {epoch})" if "batch_idx" in state else f"while evaluating ({name})"
+    if "batch_idx" in state and "num_batches" in state:
+        return f"at {epoch}, batch {state['batch_idx'] + 1}/{state['num_batches']} ({name})"
+    return f"while training ({name})"
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     """``train.py``: exit code 0, 2 for bad input (a UserFacingError: one ``ERROR:`` line that
     says what to do) or 1 for an unexpected exception (a bug: one ``ERROR:`` line naming it).
-    ``FSCLIP_DEBUG=1`` prints the traceback too. Ctrl-C interrupts as usual."""
+    ``FSCLIP_DEBUG=1`` prints the traceback too. Ctrl-C: one line saying where the run was
+    stopped (``interrupted at epoch E/M, batch B/N ...; rerun ...``), exit code 130. The output
+    folder's run lock (fsclip.runlock) is released in every case."""
     from fsclip.engine.logger import Logger, start_buffered_log
+    from fsclip.runlock import release_all
 
     args = build_parser().parse_args(argv)
     console = sys.stdout
@@ -309,10 +341,18 @@ def main(argv: Optional[List[str]] = None) -> int:
         report_error(err, _one_line(f"unexpected {type(err).__name__}: {err}") + hint,
                      _fallback_output_dir(args))
         return 1
+    except KeyboardInterrupt as err:
+        report_error(err, f"interrupted {interrupted_at(err.__traceback__)} (Ctrl-C); nothing "
+                          f"written is lost: rerun the same command to redo the run", _fallback_output_dir(args))
+        return 130
     finally:
+        release_all()
         out = sys.stdout
         if out is not console:
-            out.flush()
+            try:
+                out.flush()
+            except OSError:
+                pass  # the log's last lines did not fit on its disk; the terminal has them
             if isinstance(out, Logger):
                 out.close()
             sys.stdout = console

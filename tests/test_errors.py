@@ -235,11 +235,11 @@ def test_unexpected_exception_is_one_line_exit_1_traceback_with_debug(world, cap
     assert out.splitlines()[-1] == "ERROR: unexpected RuntimeError: boom in fit"
 
 
-def test_ctrl_c_stays_an_interrupt(world, capsys):
+def test_ctrl_c_is_one_line_and_exit_130(world, capsys):
     stdout = sys.stdout
-    with pytest.raises(KeyboardInterrupt):
-        main(world.argv("FailingTip", "TRAINER.FAIL.HOW", "interrupt"))
-    assert sys.stdout is stdout and "ERROR" not in capsys.readouterr().out
+    line, log = fail(world, world.argv("FailingTip", "TRAINER.FAIL.HOW", "interrupt"), capsys, code=130)
+    assert line.startswith("ERROR: interrupted while training (FailingTip) (Ctrl-C)") and log
+    assert sys.stdout is stdout
 
 
 def test_train_py_exit_code_and_no_traceback(world):

@@ -27,7 +27,9 @@ releases them.
 
 Disk budget: before writing a shard the cache adds up its files. A shard that would take the
 total over the budget (TRAINER.FEATURES.MAX_GB) is not written: its features serve this run
-only (a note says so) and later runs compute them again.
+only (a note says so) and later runs compute them again. So does a disk that refuses writes (full,
+read-only, e.g. a read-only HOME under the default folder): a note names the folder and
+TRAINER.FEATURES.CACHE_DIR, the run goes on from memory and stops writing to the cache.
 
 ``python -m fsclip.adapt.cache info [DIR]`` prints each space's contents and size;
 ``python -m fsclip.adapt.cache gc [DIR] [--verify]`` removes orphans, stale temporary files and
@@ -38,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -55,6 +58,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 import torch
 from torch import Tensor
 
+from fsclip.engine.fileio import DiskFullError
 from fsclip.engine.utils import atomic_write_text, require_folder
 
 CACHE_FORMAT = 3  # 3: index with per-shard checksums (2: flat index without them)
@@ -242,6 +246,7 @@ class FeatureCache:
                            "no features on disk")
         self.max_bytes = int(max_bytes)
         self.verbose = verbose
+        self.writable = bool(self.root)  # False once the disk refused a write (full, read-only)
         self.computed = 0
         self.reused = 0
         self.corrupt = 0
@@ -316,19 +321,26 @@ class FeatureCache:
         found = self._load_rows(folder, keys)
         todo = self._missing(keys, impaths, found)
         if todo:
-            os.makedirs(folder, exist_ok=True)
             waiting = (f"Feature cache: another run is computing features in {folder}; waiting "
                        f"for it, then reusing what it stored")
-            with _locked(osp.join(folder, "extract.lock"), waiting):
-                found.update(self._load_rows(folder, list(todo)))  # what that run stored meanwhile
-                todo = self._missing(keys, impaths, found)
+            with contextlib.ExitStack() as stack:
+                if self.writable:
+                    try:
+                        os.makedirs(folder, exist_ok=True)
+                        stack.enter_context(_locked(osp.join(folder, "extract.lock"), waiting))
+                    except OSError as err:
+                        self._unwritable(folder, err, label)
+                if self.writable:
+                    found.update(self._load_rows(folder, list(todo)))  # what that run stored meanwhile
+                    todo = self._missing(keys, impaths, found)
                 if todo:
                     todo_keys = list(todo)
                     feats = compute([todo[k] for k in todo_keys])
                     self.computed += len(todo_keys)
                     for k, row in zip(todo_keys, feats):
                         found[k] = row
-                    self._store(folder, space, todo_keys, feats, label)
+                    if self.writable:
+                        self._store(folder, space, todo_keys, feats, label)
         n_reused = sum(1 for k in keys if k not in todo)
         self.reused += n_reused
         if self.verbose and n_reused:
@@ -345,7 +357,29 @@ class FeatureCache:
         return todo
 
     # ------------------------------------------------------------------ writing
+    def _unwritable(self, folder: str, err: OSError, label: str) -> None:
+        """Stop writing to the cache for this run (reads go on) and say why, once."""
+        self.writable = False
+        full = err.errno in (errno.ENOSPC, errno.EDQUOT) or isinstance(err, DiskFullError)
+        why = {errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
+               errno.EPERM: "permission denied"}.get(err.errno, err.strerror or type(err).__name__)
+        print(f"Note: the feature cache cannot be written in {folder} ({'disk full' if full else why}); "
+              f"{label} features, and any computed later, are kept in memory for this run only. Set "
+              f"TRAINER.FEATURES.CACHE_DIR to a writable folder with free space (or to \"none\")")
+
     def _store(self, folder: str, space: Dict[str, Any], keys: List[str], feats: Tensor, label: str) -> None:
+        """Write a shard and index it; when the disk refuses (full, read-only), carry on from
+        memory with a note instead (the cache is an optimisation)."""
+        try:
+            self._write_shard(folder, space, keys, feats, label)
+        except OSError as err:
+            self._unwritable(folder, err, label)
+        except RuntimeError as err:  # torch's zip writer failing at the file system
+            if "PytorchStreamWriter" not in str(err) and "inline_container" not in str(err):
+                raise
+            self._unwritable(folder, OSError(errno.EIO, "write failed, the disk may be full"), label)
+
+    def _write_shard(self, folder: str, space: Dict[str, Any], keys: List[str], feats: Tensor, label: str) -> None:
         shard_dir = osp.join(folder, "shards")
         os.makedirs(shard_dir, exist_ok=True)
         used = _folder_bytes(self.root)
@@ -360,13 +394,14 @@ class FeatureCache:
             atomic_write_text(space_file, json.dumps({"format": CACHE_FORMAT, **space}, sort_keys=True,
                                                      indent=1, default=str))
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=shard_dir)
+        shard = f"{uuid.uuid4().hex}.pt"
+        indexed = False
         try:
             with os.fdopen(fd, "wb") as f:
                 writer = _ChecksumWriter(f)
                 torch.save({"keys": list(keys), "features": feats.contiguous()}, writer)
                 f.flush()
                 os.fsync(f.fileno())
-            shard = f"{uuid.uuid4().hex}.pt"
             with _locked(osp.join(folder, "index.lock")):
                 os.replace(tmp, osp.join(shard_dir, shard))  # named and indexed in one step
                 index = read_index(folder)
@@ -374,9 +409,11 @@ class FeatureCache:
                     index["entries"][k] = [shard, row]
                 index["shards"][shard] = {"crc32": writer.hexdigest, "bytes": writer.nbytes}
                 removed = _write_index(folder, index)
+                indexed = True
         finally:
-            if osp.exists(tmp):
-                os.unlink(tmp)
+            for path in (tmp, "" if indexed else osp.join(shard_dir, shard)):  # no orphan left
+                if path and osp.exists(path):
+                    os.unlink(path)
         self._verified[osp.join(shard_dir, shard)] = writer.hexdigest
         if self.verbose:
             print(f"Feature cache: stored {label} features {tuple(feats.shape)} in {folder}")

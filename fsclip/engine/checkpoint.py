@@ -6,7 +6,11 @@ file ``<dir>/<model_name>/checkpoint`` naming the latest file.
 
 Checkpoints written by Dassl/CoOp pickle a scheduler object (its warmup successor), which
 ``weights_only`` refuses. ``load_checkpoint`` then retries with every such object replaced by an
-inert placeholder: no code from the file runs, and the tensors load intact.
+inert placeholder: no code from the file runs, and the tensors load intact. Placeholders are
+accepted under ``scheduler`` only (the state nobody reads back from such files); a file that
+pickles objects anywhere else (``val_result``, the weights, ...) or that torch's weights-only
+loader refuses outright (a blocked module such as ``posix.system``) is not a plain checkpoint and
+is refused for safety (:class:`CheckpointError`, one line naming the file).
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ import torch
 import torch.nn as nn
 from torch.serialization import safe_globals
 
-from .utils import atomic_torch_save, atomic_write_text, mkdir_if_missing
+from ..errors import UserFacingError
+from .utils import atomic_torch_save, atomic_write_text, disk_full, is_disk_full, mkdir_if_missing
 
 
 def save_checkpoint(state: Dict[str, Any], save_dir: str, is_best: bool = False,
@@ -43,9 +48,26 @@ def save_checkpoint(state: Dict[str, Any], save_dir: str, is_best: bool = False,
     atomic_write_text(osp.join(save_dir, "checkpoint"), f"{osp.basename(fpath)}\n")
     if is_best:
         best_fpath = osp.join(osp.dirname(fpath), "model-best.pth.tar")
-        shutil.copy(fpath, best_fpath)
+        try:
+            shutil.copy(fpath, best_fpath)
+        except OSError as err:
+            if is_disk_full(err):
+                raise disk_full(best_fpath) from None
+            raise
         print(f'Best checkpoint saved to "{best_fpath}"')
     return fpath
+
+
+class CheckpointError(UserFacingError, RuntimeError):
+    """A checkpoint file is corrupt, or not a plain checkpoint (refused for safety)."""
+
+
+_SAFE_FOR = "Load only checkpoints written by train.py (fsclip), Dassl or CoOp"
+
+
+def _not_plain(fpath: str, what: str) -> CheckpointError:
+    return CheckpointError(f"Checkpoint {fpath} is not a plain checkpoint ({what}); it is refused "
+                           f"for safety and nothing in it was run. {_SAFE_FOR}")
 
 
 class _Inert:
@@ -87,23 +109,60 @@ def load_checkpoint(fpath: str) -> Dict[str, Any]:
                 ckpt = torch.load(fpath, map_location="cpu", weights_only=True)
             break
         except Exception as err:  # torch raises UnpicklingError wrapped in various types
-            match = _UNSUPPORTED.search(str(err))
+            text = str(err)
+            match = _UNSUPPORTED.search(text)
             if match is None or match.group(1) in names:
-                raise RuntimeError(
-                    f'Cannot load checkpoint "{fpath}": {err}. It is not a checkpoint written '
-                    f"by this toolkit, Dassl or CoOp, or it is corrupt."
-                ) from None
+                raise _load_error(fpath, text) from None
             full_path = match.group(1)
             module, _, name = full_path.rpartition(".")
             stub = type(name, (_Inert,), {"__module__": module, "__qualname__": name})
             placeholders.append((stub, full_path))
             names.append(full_path)
     else:  # pragma: no cover - a file naming 64 distinct classes
-        raise RuntimeError(f'Cannot load checkpoint "{fpath}": too many unknown objects')
+        raise _not_plain(fpath, "it names over 64 classes")
     if names:
+        outside = _placeholder_keys(ckpt)
+        if outside:
+            raise _not_plain(fpath, f"{', '.join(outside)} hold{'s' if len(outside) == 1 else ''} "
+                                    f"pickled objects ({', '.join(names)}) instead of tensors and numbers")
         print(f"Note: {fpath} pickles objects {names}; they were replaced by inert placeholders "
               f"(weights are intact)")
     return ckpt
+
+
+_GLOBAL = re.compile(r"GLOBAL ([\w\.]+)")
+
+
+def _load_error(fpath: str, text: str) -> CheckpointError:
+    """One line for a file torch cannot load: refused by the weights-only loader, or corrupt."""
+    if "Weights only load failed" in text or "WeightsUnpickler" in text:
+        match = _GLOBAL.search(text)
+        if match:
+            return _not_plain(fpath, f"it asks to call or build {match.group(1)}")
+        detail = text.split("WeightsUnpickler error:")[-1].strip().splitlines()
+        detail = detail[0].strip() if detail and "WeightsUnpickler error:" in text else "unreadable pickle"
+        return CheckpointError(f"Checkpoint {fpath} is corrupt or not a plain checkpoint (torch's "
+                               f"weights-only loader: {detail[:120]}); it is refused for safety and "
+                               f"nothing in it was run. {_SAFE_FOR}")
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "").split(". ")[0]
+    return CheckpointError(f"Cannot load checkpoint {fpath}: {first[:200]}. It is corrupt or not a "
+                           f"checkpoint; {_SAFE_FOR}")
+
+
+def _placeholder_keys(ckpt: Any) -> List[str]:
+    """The top-level keys (other than ``scheduler``) under which a placeholder was loaded."""
+    def has(obj: Any) -> bool:
+        if isinstance(obj, _Inert):
+            return True
+        if isinstance(obj, dict):
+            return any(has(k) or has(v) for k, v in obj.items())
+        if isinstance(obj, (list, tuple, set)):
+            return any(has(v) for v in obj)
+        return False
+
+    if not isinstance(ckpt, dict):
+        return ["the whole file"] if has(ckpt) else []
+    return [repr(k) for k, v in ckpt.items() if k != "scheduler" and (has(k) or has(v))]
 
 
 def resume_from_checkpoint(fdir: str, model: nn.Module, optimizer: Optional[torch.optim.Optimizer] = None,

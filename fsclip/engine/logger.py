@@ -10,6 +10,8 @@ import sys
 import time
 from typing import Optional, TextIO
 
+from .fileio import disk_full, is_disk_full
+
 
 class Logger:
     """A stdout replacement writing to the console and a file.
@@ -17,6 +19,10 @@ class Logger:
     With ``buffer=True`` and no file yet, what is written is also kept in memory until
     ``setup_logger`` opens the log file, which then starts with it: lines printed before the
     output folder is known (and an error that stops the run there) still reach log.txt.
+
+    When the file cannot be written (a full disk), it is closed, removed if it stayed empty, and
+    the error raised (DiskFullError, ``disk full writing <path>``); later lines go to the console
+    only (``broken``), so the run's error line can still be printed.
     """
 
     def __init__(self, fpath: Optional[str] = None, console: Optional[TextIO] = None,
@@ -25,31 +31,63 @@ class Logger:
         self.file = None
         self.fpath = fpath
         self.pending: Optional[io.StringIO] = io.StringIO() if buffer and fpath is None else None
+        self.broken = False
         if fpath is not None:
             os.makedirs(osp.dirname(osp.abspath(fpath)), exist_ok=True)
             # "x": a log file is never overwritten, even by a run started in the same second
             self.file = open(fpath, "x", encoding="utf-8", buffering=1)  # line-buffered: a crash keeps the log
-            self.file.write(pending)
+            try:
+                self.file.write(pending)
+            except OSError as err:
+                self._failed(err)
+
+    def _failed(self, err: OSError) -> None:
+        """The log file could not be written: stop writing it (drop it if empty) and raise."""
+        self.broken = True
+        try:
+            self.file.close()
+        except OSError:
+            pass
+        self.file = None
+        try:
+            if osp.getsize(self.fpath) == 0:
+                os.unlink(self.fpath)
+        except OSError:
+            pass
+        if is_disk_full(err):
+            raise disk_full(self.fpath) from None
+        raise err
 
     def write(self, msg: str) -> None:
         self.console.write(msg)
         if self.file is not None:
-            self.file.write(msg)
+            try:
+                self.file.write(msg)
+            except OSError as err:
+                if not msg.endswith("\n"):
+                    self.console.write("\n")  # print's newline will not come: end the line here
+                self._failed(err)
         elif self.pending is not None:
             self.pending.write(msg)
 
     def flush(self) -> None:
         self.console.flush()
         if self.file is not None:
-            self.file.flush()
-            os.fsync(self.file.fileno())
+            try:
+                self.file.flush()
+                os.fsync(self.file.fileno())
+            except OSError as err:
+                self._failed(err)
 
     def isatty(self) -> bool:
         return False
 
     def close(self) -> None:
         if self.file is not None:
-            self.file.close()
+            try:
+                self.file.close()
+            except OSError:  # what was still buffered did not fit: the log ends earlier
+                self.broken = True
             self.file = None
 
     def __getattr__(self, name: str):
