@@ -19,6 +19,7 @@ from typing import List, Optional, Sequence
 
 import torch
 
+from fsclip.checks import check_values
 from fsclip.errors import ConfigError, UserFacingError
 from fsclip.protocol import add_protocol_cfg, resolve_max_epoch
 
@@ -66,14 +67,43 @@ def load_plugins(plugins: Sequence[str]) -> None:
             spec = importlib.util.spec_from_file_location(name, plugin)
             module = importlib.util.module_from_spec(spec)
             sys.modules[name] = module
-            spec.loader.exec_module(module)  # type: ignore[union-attr]
+            try:
+                spec.loader.exec_module(module)  # type: ignore[union-attr]
+            except UserFacingError:
+                sys.modules.pop(name, None)
+                raise
+            except Exception as err:  # a syntax error, or the plugin raised while importing
+                sys.modules.pop(name, None)
+                raise ConfigError(_plugin_failure(f"Plugin file {plugin}", plugin, err)) from None
         else:
             try:
                 importlib.import_module(plugin)
             except ModuleNotFoundError as err:
-                raise ConfigError(
-                    f"Plugin {plugin} (from --plugins or FSCLIP_PLUGINS) cannot be imported: {err}. "
-                    f"Pass a .py file or an importable module, and install what it needs") from None
+                if err.name and plugin.split(".")[0] == err.name.split(".")[0]:
+                    raise ConfigError(
+                        f"Plugin {plugin} (from --plugins or FSCLIP_PLUGINS) cannot be imported: {err}. "
+                        f"Pass a .py file or an importable module, and install what it needs") from None
+                raise ConfigError(_plugin_failure(f"Plugin {plugin}", None, err)) from None
+            except UserFacingError:
+                raise
+            except Exception as err:
+                raise ConfigError(_plugin_failure(f"Plugin {plugin}", None, err)) from None
+
+
+def _plugin_failure(what: str, path: Optional[str], err: Exception) -> str:
+    """'Plugin file x.py line 3: SyntaxError: invalid syntax. ...' (the line in the plugin itself
+    when the traceback passes through it, else the innermost line)."""
+    if isinstance(err, SyntaxError):
+        where = f"{err.filename or path} line {err.lineno}"
+        detail = f"SyntaxError: {err.msg}"
+    else:
+        frames = traceback.extract_tb(err.__traceback__)
+        own = [f for f in frames if path and osp.abspath(f.filename) == osp.abspath(path)]
+        frame = (own or frames[-1:] or [None])[-1]
+        where = f"{frame.filename} line {frame.lineno}" if frame is not None else "import"
+        detail = f"{type(err).__name__}: {err}"
+    return (f"{what} failed to import at {where}: {detail}. Fix "
+            "the plugin or leave it out of --plugins and FSCLIP_PLUGINS")
 
 
 def extend_cfg(cfg) -> None:
@@ -98,13 +128,29 @@ def extend_cfg(cfg) -> None:
 def _merge_file(cfg, path: str, what: str) -> None:
     if not osp.isfile(path):
         raise ConfigError(f"{what} {path} does not exist")
+    import yaml
+
     try:
         cfg.merge_from_file(path)
+    except yaml.YAMLError as err:
+        raise ConfigError(_yaml_message(f"{what} {path}", err)) from None
     except (KeyError, ValueError, AssertionError) as err:
         raise ConfigError(
             f"{what} {path} is invalid: {err}.{_key_hint(cfg, err)} Every key must exist in the "
             f"defaults (fsclip/engine/config.py) or in a trainer's extend_cfg; check its spelling."
         ) from None
+
+
+def _yaml_message(what: str, err: Exception) -> str:
+    """'<file> is not valid YAML at line 3, column 1: found a tab ...' from yaml's error."""
+    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    problem = getattr(err, "problem", None) or _one_line(err)
+    context = getattr(err, "context", None)
+    tab = "\t" in str(problem) or "\\t" in str(problem)
+    return (f"{what} is not valid YAML{where}: {problem}" + (f" ({context})" if context else "")
+            + (". YAML indents with spaces, not tabs: replace the tab" if tab else
+               ". Fix that line (KEY: VALUE, nested keys indented with spaces)"))
 
 
 def _config_keys(node, prefix: str = "") -> List[str]:
@@ -144,25 +190,39 @@ def reset_cfg(cfg, args) -> None:
         cfg.MODEL.HEAD.NAME = args.head
 
 
+def _flag_names() -> set:
+    """train.py's flags (``--eval-only``, ``--model-dir``, ...)."""
+    return {o for a in build_parser()._actions for o in a.option_strings}
+
+
 def setup_cfg(args):
     from fsclip.backend import get_cfg_default
 
     cfg = get_cfg_default()
     extend_cfg(cfg)
+    defaults = cfg.clone()  # named in the message of a value that cannot train
     if args.dataset_config_file:
         _merge_file(cfg, args.dataset_config_file, "Dataset config file")
     if args.config_file:
         _merge_file(cfg, args.config_file, "Method config file")
     reset_cfg(cfg, args)
     if args.opts:
+        flags = [o for o in args.opts if str(o) in _flag_names()]
+        if flags:
+            raise ConfigError(
+                f"{' '.join(flags)} came after the KEY VALUE options, where it is read as an option "
+                f"({' '.join(args.opts)}): flags go before the KEY VALUE options; move "
+                f"{'them' if len(flags) > 1 else 'it'} before the first KEY")
         if len(args.opts) % 2:
-            raise ConfigError(f"Trailing options must be KEY VALUE pairs, got {args.opts}")
+            raise ConfigError(f"Trailing options must be KEY VALUE pairs, got {args.opts} (flags go "
+                              f"before the KEY VALUE options)")
         try:
             cfg.merge_from_list(args.opts)
         except (KeyError, ValueError, AssertionError) as err:
             raise ConfigError(f"Invalid command-line option: {err}.{_key_hint(cfg, err)} Options "
                               "are KEY VALUE pairs of existing config keys") from None
     resolve_max_epoch(cfg, explicit="OPTIM.MAX_EPOCH" in (args.opts or [])[::2])
+    check_values(cfg, defaults)
     cfg.freeze()
     return cfg
 

@@ -1,0 +1,108 @@
+"""Config values that cannot train: checked once after the merge (``fsclip.cli.setup_cfg``).
+
+A learning rate, an epoch or iteration count, a batch size or an evaluation interval that is
+<= 0 would not fail cleanly: SAFE with ``ITERS 0`` logs zero-shot CLIP's accuracy as its own, a
+negative learning rate trains uphill, ``BATCH_SIZE 0`` and ``EVAL_EVERY 0`` crash deep inside
+with ZeroDivisionError or a reshape error. The keys are found by name, so a trainer of a plugin
+gets the same checks for its own ``TRAINER.<NODE>.<KEY>``. Keys where 0 has a meaning are left
+alone: ``PATIENCE`` (0: off), ``WARMUP_*`` epochs/iterations (0: no warmup), ``GUIDANCE_EPOCHS``,
+``SEARCH_STEPS`` (0: no refinement), ``EVAL_FREQ`` (0 acts as 1), ``CHECKPOINT_FREQ`` (0: off).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator, List, Optional, Tuple
+
+from fsclip.errors import ConfigError
+
+# last key part -> what it is (values must be > 0; a list holds a grid: every value is checked)
+POSITIVE = {
+    "LR": "a learning rate",
+    "LRS": "a learning-rate grid",
+    "MAX_EPOCH": "an epoch count",
+    "EPOCHS": "an epoch count",
+    "ITERS": "an iteration count",
+    "MAX_ITER": "an iteration limit",
+    "BATCH_SIZE": "a batch size",
+    "BATCH_SIZES": "a batch-size grid",
+    "EVAL_EVERY": "an evaluation interval",
+    "ALPHA_EVERY": "a step interval",
+    "SEARCH_STEP": "the number of search steps",
+    "PRINT_FREQ": "a print interval",
+}
+# last key part -> what it is (values must be >= 0)
+NON_NEGATIVE = {
+    "WARMUP_LR": "a warmup learning rate",
+    "WARMUP_CONS_LR": "a warmup learning rate",
+    "WARMUP_MIN_LR": "a warmup learning rate",
+}
+# the sections walked (INPUT, MODEL, ... hold no such counts; DATASET.NUM_SHOTS is checked apart)
+SECTIONS = ("OPTIM", "TRAIN", "TRAINER", "DATALOADER")
+
+
+def _leaves(node: Any, prefix: str) -> Iterator[Tuple[str, Any]]:
+    for key, value in node.items():
+        if isinstance(value, dict):
+            yield from _leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def _number(value: Any) -> Optional[float]:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
+def _bad_value(key: str, value: Any, minimum_excluded: bool) -> Optional[str]:
+    values = list(value) if isinstance(value, (list, tuple)) else [value]
+    for v in values:
+        x = _number(v)
+        if x is None:
+            continue
+        if (x <= 0) if minimum_excluded else (x < 0):
+            return f"{key} {v}" if len(values) == 1 else f"{key} {list(values)} (holds {v})"
+    return None
+
+
+def value_problems(cfg: Any) -> List[str]:
+    """One sentence per key whose value cannot train (empty when all are fine)."""
+    problems = []
+    for section in SECTIONS:
+        if section not in cfg:
+            continue
+        for key, value in _leaves(cfg[section], f"{section}."):
+            name = key.rsplit(".", 1)[-1]
+            if name in POSITIVE:
+                bad = _bad_value(key, value, True)
+                if bad:
+                    problems.append(f"{bad}: {POSITIVE[name]} must be > 0")
+            elif name in NON_NEGATIVE:
+                bad = _bad_value(key, value, False)
+                if bad:
+                    problems.append(f"{bad}: {NON_NEGATIVE[name]} must be >= 0")
+    shots = cfg.DATASET.NUM_SHOTS if "DATASET" in cfg and "NUM_SHOTS" in cfg.DATASET else 0
+    if _number(shots) is not None and shots < -1:
+        problems.append(f"DATASET.NUM_SHOTS {shots}: shots per class must be >= 1 (or 0: every "
+                        f"training image)")
+    return problems
+
+
+def check_values(cfg: Any, defaults: Any = None) -> None:
+    """Raise one :class:`ConfigError` naming every key whose value cannot train."""
+    problems = value_problems(cfg)
+    if not problems:
+        return
+    first = problems[0].split(" ", 1)[0]
+    example = ""
+    if defaults is not None:
+        try:
+            node = defaults
+            for part in first.split("."):
+                node = node[part]
+            example = f" (its default: {first} {node})"
+        except (KeyError, TypeError):
+            example = ""
+    raise ConfigError(f"Invalid config value{'s' if len(problems) > 1 else ''}: " + "; ".join(problems)
+                      + f". Set {'them' if len(problems) > 1 else 'it'} in the config file or as KEY "
+                        f"VALUE on the command line{example}")
