@@ -117,6 +117,20 @@ def load_grid(args: argparse.Namespace) -> Grid:
     return grid
 
 
+def check_counts(args: argparse.Namespace) -> None:
+    """Refuse negative worker/thread/CPU counts and a time limit or GPU count below what runs."""
+    for flag, value, rule in (("--workers", args.workers, "0 or left out: one per visible GPU, else 1"),
+                              ("--threads", args.threads, "0 or left out: cores / workers"),
+                              ("--cpus", args.cpus, "0 or left out: Slurm's default"),
+                              ("--array-parallelism", args.array_parallelism, "0 or left out: no limit"),
+                              ("--gpus", args.gpus, "0: CPU-only runs"),
+                              ("--mem", args.mem, "0 or left out: Slurm's default")):
+        if value < 0:
+            raise ConfigError(f"{flag} must be >= 0 ({rule}), got {value:g}")
+    if args.time <= 0:
+        raise ConfigError(f"--time must be > 0 minutes per run, got {args.time}")
+
+
 # ------------------------------------------------------------------------ the rerun rule
 def plan(runs: Sequence[Run], force: str) -> Tuple[List[Run], List[Run], Dict, List[Run]]:
     """``(to_run, skipped, conflicts, unknown)``: conflicts maps the changes (``KEY: old -> new``
@@ -187,6 +201,7 @@ def report_conflicts(conflicts: Dict, output: str, out=print) -> None:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        check_counts(args)
         grid = load_grid(args)
         trainers = registered_trainers(grid.plugins)
         runs = expand(grid, trainers)
