@@ -65,8 +65,8 @@ def _bad_value(key: str, value: Any, minimum_excluded: bool) -> Optional[str]:
     return None
 
 
-def value_problems(cfg: Any) -> List[str]:
-    """One sentence per key whose value cannot train (empty when all are fine)."""
+def value_problems(cfg: Any) -> List[Tuple[str, str]]:
+    """``(key, sentence)`` for every key whose value cannot train (empty when all are fine)."""
     problems = []
     for section in SECTIONS:
         if section not in cfg:
@@ -76,33 +76,38 @@ def value_problems(cfg: Any) -> List[str]:
             if name in POSITIVE:
                 bad = _bad_value(key, value, True)
                 if bad:
-                    problems.append(f"{bad}: {POSITIVE[name]} must be > 0")
+                    problems.append((key, f"{bad}: {POSITIVE[name]} must be > 0"))
             elif name in NON_NEGATIVE:
                 bad = _bad_value(key, value, False)
                 if bad:
-                    problems.append(f"{bad}: {NON_NEGATIVE[name]} must be >= 0")
+                    problems.append((key, f"{bad}: {NON_NEGATIVE[name]} must be >= 0"))
     shots = cfg.DATASET.NUM_SHOTS if "DATASET" in cfg and "NUM_SHOTS" in cfg.DATASET else 0
-    if _number(shots) is not None and shots < -1:
-        problems.append(f"DATASET.NUM_SHOTS {shots}: shots per class must be >= 1 (or 0: every "
-                        f"training image)")
+    if _number(shots) is not None and shots < -1:  # -1: the default, not a few-shot run
+        problems.append(("DATASET.NUM_SHOTS", f"DATASET.NUM_SHOTS {shots}: shots per class must be "
+                                              f">= 1 (or 0: every training image)"))
     return problems
 
 
+def _default(defaults: Any, key: str) -> str:
+    """`` (default 12800)`` for a key of ``defaults`` with a value that trains ("" otherwise)."""
+    node = defaults
+    try:
+        for part in key.split("."):
+            node = node[part]
+    except (KeyError, TypeError):
+        return ""
+    values = list(node) if isinstance(node, (list, tuple)) else [node]
+    ok = values and all(_number(v) is not None and float(v) > 0 for v in values)
+    return f" (default {node})" if ok else ""
+
+
 def check_values(cfg: Any, defaults: Any = None) -> None:
-    """Raise one :class:`ConfigError` naming every key whose value cannot train."""
+    """Raise one :class:`ConfigError` naming every key whose value cannot train (and its default,
+    from ``defaults``: the config before any file or option was merged)."""
     problems = value_problems(cfg)
     if not problems:
         return
-    first = problems[0].split(" ", 1)[0]
-    example = ""
-    if defaults is not None:
-        try:
-            node = defaults
-            for part in first.split("."):
-                node = node[part]
-            example = f" (its default: {first} {node})"
-        except (KeyError, TypeError):
-            example = ""
-    raise ConfigError(f"Invalid config value{'s' if len(problems) > 1 else ''}: " + "; ".join(problems)
-                      + f". Set {'them' if len(problems) > 1 else 'it'} in the config file or as KEY "
-                        f"VALUE on the command line{example}")
+    parts = [text + (_default(defaults, key) if defaults is not None else "") for key, text in problems]
+    raise ConfigError(f"Invalid config value{'s' if len(parts) > 1 else ''}: " + "; ".join(parts)
+                      + f". Set {'them' if len(parts) > 1 else 'it'} in the config file or as KEY "
+                        f"VALUE on the command line")

@@ -94,15 +94,16 @@ def _plugin_failure(what: str, path: Optional[str], err: Exception) -> str:
     """'Plugin file x.py line 3: SyntaxError: invalid syntax. ...' (the line in the plugin itself
     when the traceback passes through it, else the innermost line)."""
     if isinstance(err, SyntaxError):
-        where = f"{err.filename or path} line {err.lineno}"
-        detail = f"SyntaxError: {err.msg}"
+        filename, lineno, detail = err.filename, err.lineno, f"SyntaxError: {err.msg}"
     else:
         frames = traceback.extract_tb(err.__traceback__)
         own = [f for f in frames if path and osp.abspath(f.filename) == osp.abspath(path)]
         frame = (own or frames[-1:] or [None])[-1]
-        where = f"{frame.filename} line {frame.lineno}" if frame is not None else "import"
-        detail = f"{type(err).__name__}: {err}"
-    return (f"{what} failed to import at {where}: {detail}. Fix "
+        filename, lineno = (frame.filename, frame.lineno) if frame is not None else (None, None)
+        detail = f"{type(err).__name__}: {_one_line(err)}"
+    same = path and filename and osp.abspath(filename) == osp.abspath(path)
+    where = f"line {lineno}" if same else f"{filename} line {lineno}" if filename else "import"
+    return (f"{what} failed to import ({where}: {detail}). Fix "
             "the plugin or leave it out of --plugins and FSCLIP_PLUGINS")
 
 

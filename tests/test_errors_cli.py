@@ -58,7 +58,8 @@ def test_several_bad_values_are_one_line_naming_each_and_the_default_of_the_firs
     msg = refused("TRAINER.SAFE.ITERS", "0", "OPTIM.LR", "-1.0")
     assert "OPTIM.LR -1.0: a learning rate must be > 0" in msg
     assert "TRAINER.SAFE.ITERS 0: an iteration count must be > 0" in msg
-    assert "(its default: OPTIM.LR 0.0003)" in msg and "\n" not in msg
+    assert "OPTIM.LR -1.0: a learning rate must be > 0 (default 0.0003)" in msg and "\n" not in msg
+    assert "TRAINER.SAFE.ITERS 0: an iteration count must be > 0 (default 12800)" in msg
 
 
 def test_keys_where_zero_means_something_and_the_defaults_are_accepted():
@@ -68,6 +69,9 @@ def test_keys_where_zero_means_something_and_the_defaults_are_accepted():
                  "TRAINER.PROMPTING.EVAL_FREQ", "0", "TRAINER.CALIP.FS.LRS", "[]",
                  "DATASET.NUM_SHOTS", "0")
     assert value_problems(cfg) == []
+    assert refused("TRAINER.CALIP.FS.LRS", "[0.001,0.0]") == (  # a grid: each value (no default: [])
+        "Invalid config value: TRAINER.CALIP.FS.LRS [0.001, 0.0] (holds 0.0): a learning-rate grid must "
+        "be > 0. Set it in the config file or as KEY VALUE on the command line")
     assert merged().DATASET.NUM_SHOTS == -1  # the default (not few-shot) stays accepted
 
 
@@ -121,7 +125,7 @@ def test_a_plugin_that_fails_to_import_is_one_error_naming_its_file_and_line(tmp
     with pytest.raises(ConfigError) as err:
         load_plugins([str(path)])
     msg = str(err.value)
-    assert f"Plugin file {path} failed to import at {path} line {line}: {what}" in msg, msg
+    assert f"Plugin file {path} failed to import (line {line}: {what}" in msg, msg
     path.write_text("X = 1\n")  # fixed: the next load imports it (no half-imported module kept)
     load_plugins([str(path)])
 
