@@ -163,3 +163,20 @@ def test_a_finished_run_with_an_unreadable_config_is_redone_saying_so(tmp_path, 
     kept = sorted(p.name for p in run.iterdir())
     assert len(kept) == 2 and all(".unreadable-" in k for k in kept), kept
     assert osp.isfile(run / kept[0]) and not (run / LOG_FILE).exists()
+
+
+def test_the_sweep_names_the_runs_it_redoes_for_an_unreadable_config(tmp_path):
+    from fsclip.sweep.cli import report_unreadable
+    from fsclip.sweep.grid import Run
+
+    runs = [Run("SAFE", "toy", 1, s, f"out/toy/SAFE/rn50_1shots/seed{s}", (), str(tmp_path)) for s in (1, 2)]
+    for run, record in zip(runs, ("OPTIM: [\n", "OPTIM:\n  LR: 0.1\n")):
+        folder = tmp_path / run.out_dir
+        folder.mkdir(parents=True)
+        (folder / LOG_FILE).write_text("Finish training\n=> result\n* accuracy: 50.00%\n")
+        (folder / "config.yaml").write_text(record)
+    lines: list = []
+    report_unreadable(runs, str(tmp_path / "out"), out=lines.append)
+    assert len(lines) == 1 and lines[0].startswith(
+        "1 finished run(s) have an unreadable config.yaml and are redone"), lines
+    assert "toy/SAFE/rn50_1shots/seed1: " in lines[0] and "seed2" not in lines[0]

@@ -197,6 +197,18 @@ def report_conflicts(conflicts: Dict, output: str, out=print) -> None:
             out(f"    {c}")
 
 
+def report_unreadable(to_run: Sequence[Run], output: str, out=print) -> None:
+    """Name the finished runs that are redone because their recorded config.yaml is unreadable."""
+    from fsclip.runs import CONFIG_FILE, read_record
+    from fsclip.sweep.execute import run_path
+
+    bad = [(r, why) for r in to_run for why in [read_record(run_path(r))[1]] if why]
+    if bad:
+        run, why = bad[0]
+        out(f"{len(bad)} finished run(s) have an unreadable {CONFIG_FILE} and are redone (old log and "
+            f"config kept as <name>.unreadable-<time>), e.g. {run.label(output)}: {why}")
+
+
 # ------------------------------------------------------------------------ main
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
@@ -217,6 +229,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
           + (f", {n_conflicts} finished with another config" if conflicts else ""))
     if conflicts:
         report_conflicts(conflicts, output)
+    report_unreadable(to_run, output)
     if args.dry_run:
         for run in to_run:
             print(f"  would run {run.label(output)}")
