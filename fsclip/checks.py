@@ -1,4 +1,5 @@
-"""Config values that cannot train: checked once after the merge (``fsclip.cli.setup_cfg``).
+"""Bad input train.py refuses: config values that cannot train (checked once after the merge in
+``fsclip.cli.setup_cfg``), and the messages for config files and plugins that fail to load.
 
 A learning rate, an epoch or iteration count, a batch size or an evaluation interval that is
 <= 0 would not fail cleanly: SAFE with ``ITERS 0`` logs zero-shot CLIP's accuracy as its own, a
@@ -11,6 +12,8 @@ alone: ``PATIENCE`` (0: off), ``WARMUP_*`` epochs/iterations (0: no warmup), ``G
 
 from __future__ import annotations
 
+import os.path as osp
+import traceback
 from typing import Any, Iterator, List, Optional, Tuple
 
 from fsclip.errors import ConfigError
@@ -111,3 +114,32 @@ def check_values(cfg: Any, defaults: Any = None) -> None:
     raise ConfigError(f"Invalid config value{'s' if len(parts) > 1 else ''}: " + "; ".join(parts)
                       + f". Set {'them' if len(parts) > 1 else 'it'} in the config file or as KEY "
                         f"VALUE on the command line")
+
+
+def yaml_message(what: str, err: Exception) -> str:
+    """'<file> is not valid YAML at line 3, column 1: found a tab ...' from yaml's error."""
+    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    problem = getattr(err, "problem", None) or ' '.join(str(err).split())
+    context = getattr(err, "context", None)
+    tab = "\t" in str(problem) or "\\t" in str(problem)
+    return (f"{what} is not valid YAML{where}: {problem}" + (f" ({context})" if context else "")
+            + (". YAML indents with spaces, not tabs: replace the tab" if tab else
+               ". Fix that line (KEY: VALUE, nested keys indented with spaces)"))
+
+
+def plugin_failure(what: str, path: Optional[str], err: Exception) -> str:
+    """'Plugin file x.py failed to import (line 3: SyntaxError: invalid syntax). ...': the line in
+    the plugin itself when the traceback passes through it, else the innermost file and line."""
+    if isinstance(err, SyntaxError):
+        filename, lineno, detail = err.filename, err.lineno, f"SyntaxError: {err.msg}"
+    else:
+        frames = traceback.extract_tb(err.__traceback__)
+        own = [f for f in frames if path and osp.abspath(f.filename) == osp.abspath(path)]
+        frame = (own or frames[-1:] or [None])[-1]
+        filename, lineno = (frame.filename, frame.lineno) if frame is not None else (None, None)
+        detail = f"{type(err).__name__}: {' '.join(str(err).split())}"
+    same = path and filename and osp.abspath(filename) == osp.abspath(path)
+    where = f"line {lineno}" if same else f"{filename} line {lineno}" if filename else "import"
+    return (f"{what} failed to import ({where}: {detail}). Fix "
+            "the plugin or leave it out of --plugins and FSCLIP_PLUGINS")

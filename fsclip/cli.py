@@ -19,7 +19,6 @@ from typing import List, Optional, Sequence
 
 import torch
 
-from fsclip.checks import check_values
 from fsclip.errors import ConfigError, UserFacingError
 from fsclip.protocol import add_protocol_cfg, resolve_max_epoch
 
@@ -54,6 +53,7 @@ def load_plugins(plugins: Sequence[str]) -> None:
 
     ``FSCLIP_PLUGINS`` (paths or modules separated by ``os.pathsep``) adds more.
     """
+    from fsclip.checks import plugin_failure
     importlib.import_module("fsclip.datasets")
     importlib.import_module("fsclip.trainers")
     extra = [p for p in os.environ.get("FSCLIP_PLUGINS", "").split(os.pathsep) if p]
@@ -74,7 +74,7 @@ def load_plugins(plugins: Sequence[str]) -> None:
                 raise
             except Exception as err:  # a syntax error, or the plugin raised while importing
                 sys.modules.pop(name, None)
-                raise ConfigError(_plugin_failure(f"Plugin file {plugin}", plugin, err)) from None
+                raise ConfigError(plugin_failure(f"Plugin file {plugin}", plugin, err)) from None
         else:
             try:
                 importlib.import_module(plugin)
@@ -83,28 +83,11 @@ def load_plugins(plugins: Sequence[str]) -> None:
                     raise ConfigError(
                         f"Plugin {plugin} (from --plugins or FSCLIP_PLUGINS) cannot be imported: {err}. "
                         f"Pass a .py file or an importable module, and install what it needs") from None
-                raise ConfigError(_plugin_failure(f"Plugin {plugin}", None, err)) from None
+                raise ConfigError(plugin_failure(f"Plugin {plugin}", None, err)) from None
             except UserFacingError:
                 raise
             except Exception as err:
-                raise ConfigError(_plugin_failure(f"Plugin {plugin}", None, err)) from None
-
-
-def _plugin_failure(what: str, path: Optional[str], err: Exception) -> str:
-    """'Plugin file x.py line 3: SyntaxError: invalid syntax. ...' (the line in the plugin itself
-    when the traceback passes through it, else the innermost line)."""
-    if isinstance(err, SyntaxError):
-        filename, lineno, detail = err.filename, err.lineno, f"SyntaxError: {err.msg}"
-    else:
-        frames = traceback.extract_tb(err.__traceback__)
-        own = [f for f in frames if path and osp.abspath(f.filename) == osp.abspath(path)]
-        frame = (own or frames[-1:] or [None])[-1]
-        filename, lineno = (frame.filename, frame.lineno) if frame is not None else (None, None)
-        detail = f"{type(err).__name__}: {_one_line(err)}"
-    same = path and filename and osp.abspath(filename) == osp.abspath(path)
-    where = f"line {lineno}" if same else f"{filename} line {lineno}" if filename else "import"
-    return (f"{what} failed to import ({where}: {detail}). Fix "
-            "the plugin or leave it out of --plugins and FSCLIP_PLUGINS")
+                raise ConfigError(plugin_failure(f"Plugin {plugin}", None, err)) from None
 
 
 def extend_cfg(cfg) -> None:
@@ -131,27 +114,17 @@ def _merge_file(cfg, path: str, what: str) -> None:
         raise ConfigError(f"{what} {path} does not exist")
     import yaml
 
+    from fsclip.checks import yaml_message
+
     try:
         cfg.merge_from_file(path)
     except yaml.YAMLError as err:
-        raise ConfigError(_yaml_message(f"{what} {path}", err)) from None
+        raise ConfigError(yaml_message(f"{what} {path}", err)) from None
     except (KeyError, ValueError, AssertionError) as err:
         raise ConfigError(
             f"{what} {path} is invalid: {err}.{_key_hint(cfg, err)} Every key must exist in the "
             f"defaults (fsclip/engine/config.py) or in a trainer's extend_cfg; check its spelling."
         ) from None
-
-
-def _yaml_message(what: str, err: Exception) -> str:
-    """'<file> is not valid YAML at line 3, column 1: found a tab ...' from yaml's error."""
-    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
-    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-    problem = getattr(err, "problem", None) or _one_line(err)
-    context = getattr(err, "context", None)
-    tab = "\t" in str(problem) or "\\t" in str(problem)
-    return (f"{what} is not valid YAML{where}: {problem}" + (f" ({context})" if context else "")
-            + (". YAML indents with spaces, not tabs: replace the tab" if tab else
-               ". Fix that line (KEY: VALUE, nested keys indented with spaces)"))
 
 
 def _config_keys(node, prefix: str = "") -> List[str]:
@@ -223,7 +196,9 @@ def setup_cfg(args):
             raise ConfigError(f"Invalid command-line option: {err}.{_key_hint(cfg, err)} Options "
                               "are KEY VALUE pairs of existing config keys") from None
     resolve_max_epoch(cfg, explicit="OPTIM.MAX_EPOCH" in (args.opts or [])[::2])
-    check_values(cfg, defaults)
+    from fsclip.checks import check_values
+
+    check_values(cfg, defaults)  # a learning rate, count, batch size or interval that cannot train
     cfg.freeze()
     return cfg
 
