@@ -184,9 +184,10 @@ def setup_cfg(args):
         flags = [o for o in args.opts if str(o) in _flag_names()]
         if flags:
             raise ConfigError(
-                f"{' '.join(flags)} came after the KEY VALUE options, where it is read as an option "
-                f"({' '.join(args.opts)}): flags go before the KEY VALUE options; move "
-                f"{'them' if len(flags) > 1 else 'it'} before the first KEY")
+                f"{' '.join(flags)} came after the KEY VALUE options, where "
+                f"{'they are' if len(flags) > 1 else 'it is'} read as options ({' '.join(args.opts)}): "
+                f"flags go before the KEY VALUE options; move {'them' if len(flags) > 1 else 'it'} "
+                f"before the first KEY")
         if len(args.opts) % 2:
             raise ConfigError(f"Trailing options must be KEY VALUE pairs, got {args.opts} (flags go "
                               f"before the KEY VALUE options)")
