@@ -53,6 +53,7 @@ def load_plugins(plugins: Sequence[str]) -> None:
 
     ``FSCLIP_PLUGINS`` (paths or modules separated by ``os.pathsep``) adds more.
     """
+    from fsclip.checks import plugin_failure
     importlib.import_module("fsclip.datasets")
     importlib.import_module("fsclip.trainers")
     extra = [p for p in os.environ.get("FSCLIP_PLUGINS", "").split(os.pathsep) if p]
@@ -66,14 +67,27 @@ def load_plugins(plugins: Sequence[str]) -> None:
             spec = importlib.util.spec_from_file_location(name, plugin)
             module = importlib.util.module_from_spec(spec)
             sys.modules[name] = module
-            spec.loader.exec_module(module)  # type: ignore[union-attr]
+            try:
+                spec.loader.exec_module(module)  # type: ignore[union-attr]
+            except UserFacingError:
+                sys.modules.pop(name, None)
+                raise
+            except Exception as err:  # a syntax error, or the plugin raised while importing
+                sys.modules.pop(name, None)
+                raise ConfigError(plugin_failure(f"Plugin file {plugin}", plugin, err)) from None
         else:
             try:
                 importlib.import_module(plugin)
             except ModuleNotFoundError as err:
-                raise ConfigError(
-                    f"Plugin {plugin} (from --plugins or FSCLIP_PLUGINS) cannot be imported: {err}. "
-                    f"Pass a .py file or an importable module, and install what it needs") from None
+                if err.name and plugin.split(".")[0] == err.name.split(".")[0]:
+                    raise ConfigError(
+                        f"Plugin {plugin} (from --plugins or FSCLIP_PLUGINS) cannot be imported: {err}. "
+                        f"Pass a .py file or an importable module, and install what it needs") from None
+                raise ConfigError(plugin_failure(f"Plugin {plugin}", None, err)) from None
+            except UserFacingError:
+                raise
+            except Exception as err:
+                raise ConfigError(plugin_failure(f"Plugin {plugin}", None, err)) from None
 
 
 def extend_cfg(cfg) -> None:
@@ -98,8 +112,14 @@ def extend_cfg(cfg) -> None:
 def _merge_file(cfg, path: str, what: str) -> None:
     if not osp.isfile(path):
         raise ConfigError(f"{what} {path} does not exist")
+    import yaml
+
+    from fsclip.checks import yaml_message
+
     try:
         cfg.merge_from_file(path)
+    except yaml.YAMLError as err:
+        raise ConfigError(yaml_message(f"{what} {path}", err)) from None
     except (KeyError, ValueError, AssertionError) as err:
         raise ConfigError(
             f"{what} {path} is invalid: {err}.{_key_hint(cfg, err)} Every key must exist in the "
@@ -144,25 +164,42 @@ def reset_cfg(cfg, args) -> None:
         cfg.MODEL.HEAD.NAME = args.head
 
 
+def _flag_names() -> set:
+    """train.py's flags (``--eval-only``, ``--model-dir``, ...)."""
+    return {o for a in build_parser()._actions for o in a.option_strings}
+
+
 def setup_cfg(args):
     from fsclip.backend import get_cfg_default
 
     cfg = get_cfg_default()
     extend_cfg(cfg)
+    defaults = cfg.clone()  # named in the message of a value that cannot train
     if args.dataset_config_file:
         _merge_file(cfg, args.dataset_config_file, "Dataset config file")
     if args.config_file:
         _merge_file(cfg, args.config_file, "Method config file")
     reset_cfg(cfg, args)
     if args.opts:
+        flags = [o for o in args.opts if str(o) in _flag_names()]
+        if flags:
+            raise ConfigError(
+                f"{' '.join(flags)} came after the KEY VALUE options, where "
+                f"{'they are' if len(flags) > 1 else 'it is'} read as options ({' '.join(args.opts)}): "
+                f"flags go before the KEY VALUE options; move {'them' if len(flags) > 1 else 'it'} "
+                f"before the first KEY")
         if len(args.opts) % 2:
-            raise ConfigError(f"Trailing options must be KEY VALUE pairs, got {args.opts}")
+            raise ConfigError(f"Trailing options must be KEY VALUE pairs, got {args.opts} (flags go "
+                              f"before the KEY VALUE options)")
         try:
             cfg.merge_from_list(args.opts)
         except (KeyError, ValueError, AssertionError) as err:
             raise ConfigError(f"Invalid command-line option: {err}.{_key_hint(cfg, err)} Options "
                               "are KEY VALUE pairs of existing config keys") from None
     resolve_max_epoch(cfg, explicit="OPTIM.MAX_EPOCH" in (args.opts or [])[::2])
+    from fsclip.checks import check_values
+
+    check_values(cfg, defaults)  # a learning rate, count, batch size or interval that cannot train
     cfg.freeze()
     return cfg
 

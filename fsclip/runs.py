@@ -14,7 +14,9 @@ A requested run (``train.py`` arguments for a run folder) is, in that folder:
 * ``changed``: finished with another config: left as it is, with the keys that differ
   (``KEY: old -> new``); ``FORCE=1`` (``--force`` for sweeps) redoes it in place and keeps the old
   log and config as ``log.txt.replaced-<time>`` and ``config.yaml.replaced-<time>``;
-* ``unknown``: finished before configs were recorded: skipped with a note (``FORCE=1`` redoes it).
+* ``unknown``: finished before configs were recorded: skipped with a note (``FORCE=1`` redoes it);
+* ``unreadable``: finished, but its ``config.yaml`` is damaged: run again (the old log and config
+  are kept as ``<name>.unreadable-<time>``).
 
 ``FORCE=all`` (``--force all``) redoes finished runs of the same config too (e.g. after a code fix).
 
@@ -156,14 +158,29 @@ def parse_config_text(text: str) -> Flat:
 
 def read_recorded(run_dir: str) -> Optional[Flat]:
     """The recorded config of the run in ``run_dir`` (None when there is none or it is unreadable)."""
+    return read_record(run_dir)[0]
+
+
+def read_record(run_dir: str) -> Tuple[Optional[Flat], str]:
+    """``(flat config, "")``, ``(None, "")`` when ``run_dir`` has no ``config.yaml``, or
+    ``(None, why)`` when it has one that cannot be read (damaged, not a recorded config)."""
     path = osp.join(run_dir, CONFIG_FILE)
+    if not osp.lexists(path):
+        return None, ""
     try:
         with open(path, encoding="utf-8") as f:
-            return parse_config_text(f.read())
-    except (OSError, ValueError):
-        return None
-    except Exception:  # yaml.YAMLError: a damaged record is no record
-        return None
+            text = f.read()
+        import yaml
+
+        if not isinstance(yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)), dict):
+            return None, "it holds no config mapping"
+        return parse_config_text(text), ""
+    except OSError as err:
+        return None, f"{type(err).__name__}: {err.strerror or err}"
+    except Exception as err:  # UnicodeDecodeError, yaml.YAMLError, a damaged run line
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        return None, f"{type(err).__name__}{where}: {' '.join(str(getattr(err, 'problem', None) or err).split())}"
 
 
 # ------------------------------------------------------------------- the requested config
@@ -253,8 +270,9 @@ class RunState:
     """Where a requested run stands in its folder (see the module docstring)."""
 
     run_dir: str
-    state: str  # new | unfinished | same | changed | unknown
+    state: str  # new | unfinished | unreadable | same | changed | unknown
     changes: List[Change] = field(default_factory=list)
+    reason: str = ""  # why the recorded config is unreadable
 
     @property
     def finished(self) -> bool:
@@ -283,7 +301,9 @@ def run_state(run_dir: str, mode: str, requested: Union[None, Flat, Callable[[],
         return RunState(run_dir, "new")
     if not finished_log(run_dir, mode):
         return RunState(run_dir, "unfinished")
-    recorded = read_recorded(run_dir)
+    recorded, unreadable = read_record(run_dir)
+    if unreadable:
+        return RunState(run_dir, "unreadable", reason=unreadable)
     if recorded is None:
         return RunState(run_dir, "unknown")
     if requested is None:
@@ -340,6 +360,11 @@ def prepare(state: RunState) -> str:
     if state.state == "unfinished":
         kept = set_aside(state.run_dir, "crashed")
         return f"Redoing unfinished run in {state.run_dir} (old log kept as {kept})"
+    if state.state == "unreadable":
+        kept = set_aside(state.run_dir, "unreadable")
+        return (f"Redoing finished run in {state.run_dir}: its recorded {CONFIG_FILE} is unreadable "
+                f"({state.reason}), so it cannot be compared with this request (old log and config "
+                f"kept as {kept} and {CONFIG_FILE}{kept[len(LOG_FILE):] if kept else ''})")
     kept = set_aside(state.run_dir, "replaced")
     return f"Redoing finished run in {state.run_dir} as forced (old log kept as {kept})"
 

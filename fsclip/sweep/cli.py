@@ -117,6 +117,20 @@ def load_grid(args: argparse.Namespace) -> Grid:
     return grid
 
 
+def check_counts(args: argparse.Namespace) -> None:
+    """Refuse negative worker/thread/CPU counts and a time limit or GPU count below what runs."""
+    for flag, value, rule in (("--workers", args.workers, "0 or left out: one per visible GPU, else 1"),
+                              ("--threads", args.threads, "0 or left out: cores / workers"),
+                              ("--cpus", args.cpus, "0 or left out: Slurm's default"),
+                              ("--array-parallelism", args.array_parallelism, "0 or left out: no limit"),
+                              ("--gpus", args.gpus, "0: CPU-only runs"),
+                              ("--mem", args.mem, "0 or left out: Slurm's default")):
+        if value < 0:
+            raise ConfigError(f"{flag} must be >= 0 ({rule}), got {value:g}")
+    if args.time <= 0:
+        raise ConfigError(f"--time must be > 0 minutes per run, got {args.time}")
+
+
 # ------------------------------------------------------------------------ the rerun rule
 def plan(runs: Sequence[Run], force: str) -> Tuple[List[Run], List[Run], Dict, List[Run]]:
     """``(to_run, skipped, conflicts, unknown)``: conflicts maps the changes (``KEY: old -> new``
@@ -183,10 +197,23 @@ def report_conflicts(conflicts: Dict, output: str, out=print) -> None:
             out(f"    {c}")
 
 
+def report_unreadable(to_run: Sequence[Run], output: str, out=print) -> None:
+    """Name the finished runs that are redone because their recorded config.yaml is unreadable."""
+    from fsclip.runs import CONFIG_FILE, read_record
+    from fsclip.sweep.execute import run_path
+
+    bad = [(r, why) for r in to_run for why in [read_record(run_path(r))[1]] if why]
+    if bad:
+        run, why = bad[0]
+        out(f"{len(bad)} finished run(s) have an unreadable {CONFIG_FILE} and are redone (old log and "
+            f"config kept as <name>.unreadable-<time>), e.g. {run.label(output)}: {why}")
+
+
 # ------------------------------------------------------------------------ main
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        check_counts(args)
         grid = load_grid(args)
         trainers = registered_trainers(grid.plugins)
         runs = expand(grid, trainers)
@@ -202,6 +229,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
           + (f", {n_conflicts} finished with another config" if conflicts else ""))
     if conflicts:
         report_conflicts(conflicts, output)
+    report_unreadable(to_run, output)
     if args.dry_run:
         for run in to_run:
             print(f"  would run {run.label(output)}")

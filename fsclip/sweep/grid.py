@@ -55,12 +55,23 @@ class Method:
             shots = spec.get("shots")
             return cls(str(spec["trainer"]), str(spec.get("cfg", "rn50")), str(spec.get("tag", "") or ""),
                        _opts(spec.get("opts"), f"opts of method {spec['trainer']}"),
-                       tuple(int(s) for s in _as_list(shots)) if shots is not None else None)
+                       tuple(_ints(shots, f"shots of method {spec['trainer']}")) if shots is not None else None)
         raise ConfigError(f"Method {spec!r}: expected a string TRAINER[:CFG] or a mapping")
 
 
 def _as_list(value: Any) -> list:
     return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _ints(value: Any, what: str) -> List[int]:
+    """The whole numbers of a grid list (``shots: [1, 2]``); ConfigError naming ``what`` else."""
+    out = []
+    for x in _as_list(value):
+        if isinstance(x, bool) or not (isinstance(x, int) or (isinstance(x, str) and x.strip().lstrip("-").isdigit())):
+            raise ConfigError(f"The {what} must be whole numbers, got {x!r} in {_as_list(value)} "
+                              f"(e.g. {what.split()[0]}: [1, 2, 4])")
+        out.append(int(x))
+    return out
 
 
 def _opts(value: Any, what: str) -> Tuple[str, ...]:
@@ -105,7 +116,7 @@ class Grid:
                    plugins=tuple(str(p) for p in _as_list(spec.get("plugins") or [])))
         for key in ("shots", "seeds"):
             if spec.get(key) is not None:
-                setattr(grid, key, [int(x) for x in _as_list(spec[key])])
+                setattr(grid, key, _ints(spec[key], f"{key} of {where}"))
         for key in ("data", "output", "configs"):
             if spec.get(key):
                 setattr(grid, key, str(spec[key]))

@@ -244,6 +244,8 @@ def load_or_create_fewshot(train: List[Datum], val: List[Datum],
     read-only folder, a full disk) raises ``SplitWriteError`` naming it.
     """
     if num_shots < 1:
+        if num_shots == 0:  # CoOp's meaning: not a few-shot run
+            print(f"DATASET.NUM_SHOTS is 0: all {len(train)} training images used")
         return train, val
     path = osp.join(cache_dir, f"shot_{num_shots}-seed_{seed}.json")
     if osp.exists(path):
