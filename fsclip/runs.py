@@ -45,6 +45,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
+from fsclip.errors import UserFacingError
+
 CONFIG_FILE = "config.yaml"
 LOG_FILE = "log.txt"
 RUN_LINE = "# run: "
@@ -333,9 +335,24 @@ def decide(state: RunState, force: str = "") -> str:
     return "skip" if state.state == "unknown" else "conflict"
 
 
+class RunInUseError(UserFacingError):
+    """A run folder the rerun rule would change is held by a running train.py."""
+
+
 def set_aside(run_dir: str, reason: str) -> Optional[str]:
     """Rename ``log.txt`` (and ``config.yaml``) of ``run_dir`` to ``<name>.<reason>-<time>`` so that
-    a rerun writes fresh ones the parsers read; return the new log name (None: nothing to keep)."""
+    a rerun writes fresh ones the parsers read; return the new log name (None: nothing to keep).
+
+    A folder whose run is still going (it holds the output-folder lock, :mod:`fsclip.runlock`)
+    is left alone: :class:`RunInUseError`."""
+    from fsclip.runlock import holder
+
+    pid = holder(run_dir) if osp.isdir(run_dir) else None
+    if pid is not None:
+        raise RunInUseError(
+            f"The run in {run_dir} is still going ({'pid ' + str(pid) if pid > 0 else 'another process'} "
+            f"holds {run_dir}/run.lock): its log is left as it is. Wait for that run to end or stop "
+            f"it, then rerun")
     os.makedirs(run_dir, exist_ok=True)
     log = osp.join(run_dir, LOG_FILE)
     if not osp.isfile(log):
@@ -395,8 +412,6 @@ def _start(run_dir: str, mode: str, force: str, train_args: Sequence[str]) -> in
     def requested() -> Flat:
         return requested_flat(train_args)
 
-    from fsclip.errors import UserFacingError
-
     try:  # the request is computed only for a finished run
         state = run_state(run_dir, mode, requested if has_args else None,
                           default_flat if has_args else None)
@@ -405,7 +420,11 @@ def _start(run_dir: str, mode: str, force: str, train_args: Sequence[str]) -> in
         return 2
     action = decide(state, force)
     if action == "run":
-        line = prepare(state)
+        try:
+            line = prepare(state)
+        except RunInUseError as err:
+            print(f"ERROR: {err}")
+            return 2
         if line:
             print(line)
         return 0
@@ -433,12 +452,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command == "start":
         return _start(args.dir, args.mode, args.force, train_args)
     if args.command == "prepare":
-        kept = set_aside(args.dir, "crashed")
+        try:
+            kept = set_aside(args.dir, "crashed")
+        except RunInUseError as err:
+            print(f"ERROR: {err}")
+            return 2
         if kept:
             print(f"Redoing unfinished run in {args.dir} (old log kept as {kept})")
         return 0
-    from fsclip.errors import UserFacingError
-
     try:
         cfg, run_args = requested_config(train_args)
     except UserFacingError as err:

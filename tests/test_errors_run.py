@@ -343,3 +343,31 @@ def test_ctrl_c_mid_run_is_one_line_naming_the_step_exit_130(toy, tmp_path, caps
     assert not (out / runlock.LOCK_FILE).exists() and runlock.holder(str(out)) is None
     line = run_main(argv(toy, out, "TRAINER.RUNPROBE.INTERRUPT_AT", "-2"), capsys, code=130)
     assert line.startswith("ERROR: interrupted while building RunFaultProbe (data and model) (Ctrl-C)")
+
+
+def test_the_rerun_rule_leaves_a_running_runs_log_alone(tmp_path, capsys):
+    """Item 7 through the scripts and the sweep: an unfinished log of a run that still holds its
+    folder is not set aside as crashed (that renamed a running run's log)."""
+    from fsclip import runs
+    from fsclip.sweep.execute import execute
+    from fsclip.sweep.grid import Run
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "log.txt").write_text("a run still going\n")
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(out)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert runs.main(["start", str(out), "train"]) == 2
+        assert f"ERROR: The run in {out} is still going (pid {holder.pid}" in capsys.readouterr().out
+        assert runs.main(["prepare", str(out)]) == 2
+        run = Run("CoOp", "toy", 1, 1, "run", ("--help",), str(tmp_path))
+        outcome = execute(run)
+        assert not outcome.ok and outcome.error.startswith("ERROR: The run in")
+        assert sorted(os.listdir(out)) == ["log.txt", "run.lock"]
+        assert (out / "log.txt").read_text() == "a run still going\n"
+    finally:
+        holder.communicate("", timeout=30)
+    assert runs.main(["start", str(out), "train"]) == 0  # ended: the unfinished log is set aside
+    assert not (out / "log.txt").exists()

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Dict, Optional
 
-from fsclip.runs import LOG_FILE, finished_log, prepare, run_state
+from fsclip.runs import LOG_FILE, RunInUseError, finished_log, prepare, run_state
 from fsclip.sweep.grid import Run
 
 CONSOLE_FILE = "console.txt"
@@ -64,7 +64,10 @@ def execute(run: Run, env: Optional[Dict[str, str]] = None,
     threads). ``on_start(proc)`` is called once the child runs (a pool keeps it to stop it).
     """
     path = run_path(run)
-    prepare(run_state(path, run.mode, None))  # new: mkdir; unfinished: crashed-; finished: replaced-
+    try:  # new: mkdir; unfinished: crashed-; finished: replaced-
+        prepare(run_state(path, run.mode, None))
+    except RunInUseError as err:  # another sweep or script runs it now: leave its files alone
+        return Outcome(run, False, None, 0.0, osp.join(path, LOG_FILE), f"ERROR: {err}")
     child_env = dict(os.environ, **(env or {}), FSCLIP_SWEEP_PID=str(os.getpid()))
     start = time.time()
     with open(osp.join(path, CONSOLE_FILE), "w", encoding="utf-8") as console:
