@@ -56,7 +56,7 @@ def test_every_shipped_table_loads_and_passes_its_self_check(name):
     assert self_check(ref) == []
     for row in ref.rows:  # each row names its source
         assert row.paper and row.table and row.backbone and row.protocol and row.shots >= 0
-    if ref.has_average:  # the published average is the mean of the row, to rounding
+    if ref.has_average and not ref.average_only:  # the average is the mean of the row
         for row in ref.rows:
             assert abs(sum(row.values.values()) / len(row.values) - row.average) <= 0.011
 
@@ -244,3 +244,23 @@ def test_data_files_are_package_data():
     for name in reference.available():
         with open(os.path.join(reference.DATA_DIR, name + ".json"), encoding="utf-8") as f:
             assert json.load(f)["name"] == name
+
+
+def test_average_only_table_compares_the_mean_over_its_datasets(tmp_path):
+    """clipsvd_fewshot_avg prints only 11-dataset averages: ours is the mean over the 11."""
+    from results_tree import seed_runs
+
+    ref = load("clipsvd_fewshot_avg")
+    assert ref.average_only and len(ref.average_over) == 11
+    for d in ref.average_over[:10]:
+        seed_runs(str(tmp_path / d / "TipAdapterF" / "vit_b16_4shots"), [74.9, 75.0, 75.1],
+                  "TipAdapterF", "vit_b16", d)
+    records = collect_runs(str(tmp_path))
+    t4 = _table(compare(records, ref), 4)
+    assert t4.columns == ["Average"]
+    assert _row(t4, "Tip-Adapter-F vs TipAdapterF")["Average"].ours is None  # UCF101 missing
+    seed_runs(str(tmp_path / "ucf101" / "TipAdapterF" / "vit_b16_4shots"), [74.9, 75.0, 75.1],
+              "TipAdapterF", "vit_b16", "ucf101")
+    t4 = _table(compare(collect_runs(str(tmp_path)), ref), 4)
+    avg = _row(t4, "Tip-Adapter-F vs TipAdapterF")["Average"]
+    assert avg.diff == pytest.approx(75.0 - 75.75) and avg.flags == [">2std"]  # std 0.08

@@ -75,6 +75,12 @@ class RefTable:
     row_header: str = "Method"
     source_dataset: str = ""
     path: str = ""
+    average_over: List[str] = field(default_factory=list)  # the datasets of the Average column
+
+    @property
+    def average_only(self) -> bool:
+        """A table of averages over datasets it does not print one by one."""
+        return self.has_average and not self.columns
 
     @property
     def shots(self) -> List[int]:
@@ -110,7 +116,8 @@ def load(name: str) -> RefTable:
     return RefTable(data["name"], data["kind"], data["title"], data["paper"], data["table"],
                     data["source"], list(data["columns"]), bool(data.get("average")), rows,
                     list(data.get("notes", [])), data.get("row_header", "Method"),
-                    data.get("source_dataset", ""), path)
+                    data.get("source_dataset", ""), path,
+                    list(data.get("average_over") or data["columns"]))
 
 
 def self_check(ref: RefTable) -> List[str]:
@@ -126,7 +133,11 @@ def self_check(ref: RefTable) -> List[str]:
                 problems.append(f"{where}: column {col!r} is not in the table's columns")
             if not 0.0 <= v <= 100.0:
                 problems.append(f"{where} / {col}: {v} is not a percentage")
-        if ref.has_average:
+        if ref.average_only:
+            if row.average is None or row.values or len(ref.average_over) < 2:
+                problems.append(f"{where}: an average-only table needs average_over and each "
+                                "row's average (no values)")
+        elif ref.has_average:
             if row.average is None or set(row.values) != set(ref.columns):
                 problems.append(f"{where}: the table has an average column; the row needs "
                                 "every column and its average")
@@ -256,18 +267,23 @@ def compare(records: Sequence[RunRecord], ref: RefTable, *, ci95: bool = False,
     """The comparison tables of the user's runs against one published table."""
     runs = _Runs(records, methods, method_name, renames or {})
     mapping = dict(dataset_map or {})
-    unknown = sorted(set(mapping) - set(ref.columns))
+    unknown = sorted(set(mapping) - set(ref.columns) - set(ref.average_over))
     if unknown:
         raise ConfigError(f"--reference-map: {', '.join(unknown)} is not a column of "
                           f"{ref.name}; its columns: {', '.join(ref.columns)}")
     ds = {c: mapping.get(c, c) for c in ref.columns}  # paper column -> user dataset
     labels = [dataset_label(c) for c in ref.columns]
     spread = "ci95" if ci95 else "std"
-    common = [c for c in ref.columns if ds[c] in runs.datasets]
+    ds.update({c: mapping.get(c, c) for c in ref.average_over})
+    common = [c for c in ref.columns or ref.average_over if ds[c] in runs.datasets]
     notes = [f"Published: {ref.source}; {ref.paper}.",
              f"Cells: ours (mean ± {spread} over seeds) / published (ours - published); a bold "
              "difference is larger than 1 point or than 2 std of our seeds; an empty side: "
              "not run / not published."]
+    if ref.average_only:
+        notes.append(f"Average: over {len(ref.average_over)} datasets ("
+                     + ", ".join(dataset_label(d) for d in ref.average_over)
+                     + "); ours is empty unless every one of them ran.")
     if mapping:
         notes.append("Read as the paper's columns: " + ", ".join(
             f"{u} as {dataset_label(c)}" for c, u in mapping.items()) + ".")
@@ -294,6 +310,9 @@ def compare(records: Sequence[RunRecord], ref: RefTable, *, ci95: bool = False,
                              for c in ref.columns]
                     row = [compared(cell, r.values.get(c)) for cell, c in zip(cells, ref.columns)]
                     if with_avg:
+                        if ref.average_only:  # ours: the mean over the datasets it averages
+                            cells = [None if name is None else runs.cell(
+                                kind, name, ds[c], r.shots, ci95) for c in ref.average_over]
                         avg = None if name is None or any(c is None for c in cells) else \
                             average_cell(cells, ci95)  # type: ignore[arg-type]
                         row.append(compared(avg, r.average))
@@ -441,7 +460,7 @@ def reference_figures(curves, ref: RefTable, trainers: Dict[str, str],
 
     require_matplotlib()
     published = published_curves(ref, trainers, dataset_map)
-    ds = {(dataset_map or {}).get(c, c) for c in ref.columns}
+    ds = {(dataset_map or {}).get(c, c) for c in ref.columns or ref.average_over}
     if {p for p, _ in curves.panels if p != "average"} != ds:
         published.pop("average", None)
     colors = method_colors(curves.methods)
