@@ -7,7 +7,8 @@ column, ``notes`` (every number repaired from the PDF's text, and why) and ``row
 names its source (``paper``, ``table``, ``backbone``, ``shots``, ``protocol``), its ``method`` as
 printed and the fsclip ``trainer`` it corresponds to (null: no fsclip trainer).
 
-Kinds: ``fewshot`` (method x dataset, one table per shot count, zero-shot rows in each),
+Kinds: ``fewshot`` (method x dataset, one table per shot count, zero-shot rows in each; by
+default the shot counts the user ran, else all; ``--shots`` picks them, run or not),
 ``ood`` (trained on ``source_dataset``, tested on the shifted targets; one table per backbone)
 and ``ablation`` (published only: no fsclip run maps to its settings).
 
@@ -298,7 +299,11 @@ def compare(records: Sequence[RunRecord], ref: RefTable, *, ci95: bool = False,
     out = []
     if ref.kind == "fewshot":
         with_avg = ref.has_average
-        for n_shots in [s for s in ref.shots if s and (not shots or s in shots)] or [0]:
+        # the asked shot counts; by default those the user ran (of the table's), else all
+        ran = {k[4] for k in runs.runs if k[0] == FEWSHOT and k[1] in runs.trainers
+               and any(r.trainer == runs.trainers[k[1]] for r in ref.rows)}
+        wanted = list(shots) or [s for s in ref.shots if s in ran] or ref.shots
+        for n_shots in [s for s in wanted if s] or [0]:
             rows = []
             for r in ref.rows:
                 if r.shots not in (0, n_shots):
