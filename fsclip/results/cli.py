@@ -5,6 +5,8 @@ output tree.
     fsclip-results output --out results --format md latex csv --plots png pdf
     fsclip-results output --ci95 --shots 1 16 --methods ZeroshotCLIP 'SAFE*' --datasets '*'
     fsclip-results output --method-name full --rename SAFE_A=SAFE-A --keyword macro_f1
+    fsclip-results output --reference safe_table1 --plots png --out results   # vs a paper
+    fsclip-results --reference                             # the published tables shipped
 
 Tables: few-shot (method x dataset per shot count, with the average over datasets), distribution
 shift (source, targets, their average) and base-to-new (base, new, H); see
