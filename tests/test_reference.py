@@ -265,3 +265,20 @@ def test_average_only_table_compares_the_mean_over_its_datasets(tmp_path):
     t4 = _table(compare(collect_runs(str(tmp_path)), ref), 4)
     avg = _row(t4, "Tip-Adapter-F vs TipAdapterF")["Average"]
     assert avg.diff == pytest.approx(75.0 - 75.75) and avg.flags == [">2std"]  # std 0.08
+
+
+def test_row_patterns_tell_shallow_from_deep_configs(tmp_path):
+    """DPT Table 1: VPT_CLIP with a *_shallow config is VPT-CLIP-Shallow, else VPT-CLIP-Deep."""
+    from results_tree import seed_runs
+
+    for cfg, acc in (("vit_b16", 80.0), ("vit_b16_shallow", 70.0)):
+        seed_runs(str(tmp_path / "eurosat" / "VPT_CLIP" / f"{cfg}_16shots"), [acc] * 3,
+                  "VPT_CLIP", cfg, "eurosat")
+    (t16,) = compare(collect_runs(str(tmp_path)), load("dpt_table1"))
+    rows = dict(t16.rows)
+    assert sorted(label for label in rows if " vs " in label) == [
+        "VPT-CLIP-Deep vs VPT_CLIP/vit_b16", "VPT-CLIP-Shallow vs VPT_CLIP/vit_b16_shallow"]
+    deep = _row(t16, "VPT-CLIP-Deep vs VPT_CLIP/vit_b16")["EuroSAT"]
+    assert deep.mean == pytest.approx(80.0) and deep.published == 92.34
+    shallow = _row(t16, "VPT-CLIP-Shallow vs VPT_CLIP/vit_b16_shallow")["EuroSAT"]
+    assert shallow.mean == pytest.approx(70.0) and shallow.published == 79.33

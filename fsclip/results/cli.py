@@ -195,7 +195,8 @@ def run_reference(args: argparse.Namespace, ref, dataset_map, records, results, 
                 trainers = {r.name: r.trainer for r in records}
                 labels = method_labels(trainers, trainers, opts.method_name, opts.renames)
                 by_label = {labels[n]: t for n, t in trainers.items()}
-                figures = reference.reference_figures(results.curves, ref, by_label, dataset_map)
+                figures = reference.reference_figures(results.curves, ref, by_label, dataset_map,
+                                                      {labels[n]: n for n in trainers})
                 written += save_figures(figures, os.path.join(args.out, "plots"), plots)
         print(f"Wrote {len(written)} files:")
         print("\n".join(f"  {path}" for path in written))

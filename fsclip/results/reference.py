@@ -5,7 +5,8 @@ The papers' tables ship as data, one JSON file per table in ``fsclip/results/ref
 (fsclip dataset folder names, or an ablation's settings), whether it prints an ``average``
 column, ``notes`` (every number repaired from the PDF's text, and why) and ``rows``; each row
 names its source (``paper``, ``table``, ``backbone``, ``shots``, ``protocol``), its ``method`` as
-printed and the fsclip ``trainer`` it corresponds to (null: no fsclip trainer).
+printed and the fsclip ``trainer`` it corresponds to (null: no fsclip trainer), optionally
+``match`` / ``exclude``: shell patterns on the user's method name (``*_shallow*``).
 
 Kinds: ``fewshot`` (method x dataset, one table per shot count, zero-shot rows in each; by
 default the shot counts the user ran, else all; ``--shots`` picks them, run or not),
@@ -56,6 +57,8 @@ class RefRow:
     table: str = ""
     protocol: str = ""
     label: str = ""  # the row label: method, or the dataset of an ablation by dataset
+    match: List[str] = field(default_factory=list)  # patterns the user's method name must match
+    exclude: List[str] = field(default_factory=list)  # ... and must not
 
     def value(self, column: str) -> Optional[float]:
         return self.average if column == "Average" else self.values.get(column)
@@ -113,7 +116,8 @@ def load(name: str) -> RefTable:
         label = dataset_label(r["dataset"]) if r.get("dataset") else r["method"]
         rows.append(RefRow(r["method"], r.get("trainer"), int(r["shots"]),
                            {k: float(v) for k, v in r["values"].items()}, r.get("average"),
-                           r["backbone"], r["paper"], r["table"], r["protocol"], label))
+                           r["backbone"], r["paper"], r["table"], r["protocol"], label,
+                           list(r.get("match", [])), list(r.get("exclude", []))))
     return RefTable(data["name"], data["kind"], data["title"], data["paper"], data["table"],
                     data["source"], list(data["columns"]), bool(data.get("average")), rows,
                     list(data.get("notes", [])), data.get("row_header", "Method"),
@@ -235,11 +239,15 @@ class _Runs:
         # the seeds a trained method should have: every seed seen (zero-shot runs have none)
         self.seeds = sorted({s for series in self.runs.values() for s in series if s is not None})
 
-    def names_of(self, trainer: Optional[str], kind: str, shots: int) -> List[str]:
-        if trainer is None:
+    def names_of(self, row: RefRow, kind: str, shots: int) -> List[str]:
+        """The user's methods that stand for a published row: its trainer, and the name
+        patterns of the row (``match``, ``exclude``: e.g. the shallow configs)."""
+        if row.trainer is None:
             return []
         return sorted({k[1] for k in self.runs if k[0] == kind and k[4] == shots
-                       and self.trainers[k[1]] == trainer}, key=lambda n: self.labels[n])
+                       and self.trainers[k[1]] == row.trainer
+                       and (not row.match or matches(row.match, k[1]) is not None)
+                       and matches(row.exclude, k[1]) is None}, key=lambda n: self.labels[n])
 
     def cell(self, kind: str, name: str, dataset: str, shots: int, ci95: bool,
              source: str = "") -> Optional[Cell]:
@@ -309,7 +317,7 @@ def compare(records: Sequence[RunRecord], ref: RefTable, *, ci95: bool = False,
                 if r.shots not in (0, n_shots):
                     continue
                 kind = ZEROSHOT if r.shots == 0 else FEWSHOT
-                names = runs.names_of(r.trainer, kind, r.shots)
+                names = runs.names_of(r, kind, r.shots)
                 for name in names or [None]:
                     cells = [None if name is None else runs.cell(kind, name, ds[c], r.shots, ci95)
                              for c in ref.columns]
@@ -332,7 +340,7 @@ def compare(records: Sequence[RunRecord], ref: RefTable, *, ci95: bool = False,
             rows = []
             for r in (r for r in ref.rows if r.backbone == backbone):
                 kind = ZEROSHOT if r.shots == 0 else FEWSHOT
-                for name in runs.names_of(r.trainer, kind, r.shots) or [None]:
+                for name in runs.names_of(r, kind, r.shots) or [None]:
                     row = []
                     for c in ref.columns:
                         if name is None:
@@ -433,7 +441,8 @@ def render(t: Comparison, fmt: str, decimals: int = 2, spread_name: str = "std")
 
 # ------------------------------------------------------------------------------- plots
 def published_curves(ref: RefTable, trainers: Dict[str, str],
-                     dataset_map: Optional[Dict[str, str]] = None
+                     dataset_map: Optional[Dict[str, str]] = None,
+                     names: Optional[Dict[str, str]] = None
                      ) -> Dict[str, Dict[str, Dict[int, float]]]:
     """panel (user dataset folder or ``average``) -> user method label -> shots -> published,
     for the user's methods whose trainer has a row in a few-shot table (``trainers``: label ->
@@ -444,7 +453,9 @@ def published_curves(ref: RefTable, trainers: Dict[str, str],
     out: Dict[str, Dict[str, Dict[int, float]]] = defaultdict(lambda: defaultdict(dict))
     for label, trainer in trainers.items():
         for r in ref.rows:
-            if r.trainer != trainer:
+            name = (names or {}).get(label, label)
+            if r.trainer != trainer or (r.match and matches(r.match, name) is None) \
+                    or matches(r.exclude, name) is not None:
                 continue
             for c, v in r.values.items():
                 out[ds[c]][label][r.shots] = v
@@ -454,9 +465,12 @@ def published_curves(ref: RefTable, trainers: Dict[str, str],
 
 
 def reference_figures(curves, ref: RefTable, trainers: Dict[str, str],
-                      dataset_map: Optional[Dict[str, str]] = None) -> Dict[str, object]:
+                      dataset_map: Optional[Dict[str, str]] = None,
+                      names: Optional[Dict[str, str]] = None) -> Dict[str, object]:
     """The accuracy-vs-shots figures (:func:`fsclip.results.plots.curve_figures`) with the
-    published curve of each matched method drawn dashed in its colour (zero-shot: dotted).
+    published curve of each matched method drawn dashed in its colour (zero-shot: dotted, as
+    the user's zero-shot line is dashed already). ``trainers``: label -> trainer; ``names``:
+    label -> method name, for the rows' match patterns.
 
     The published average is drawn only when the user's panels are the table's datasets."""
     from matplotlib.figure import Figure
@@ -464,7 +478,7 @@ def reference_figures(curves, ref: RefTable, trainers: Dict[str, str],
     from .plots import _x, draw_panel, method_colors, require_matplotlib
 
     require_matplotlib()
-    published = published_curves(ref, trainers, dataset_map)
+    published = published_curves(ref, trainers, dataset_map, names)
     ds = {(dataset_map or {}).get(c, c) for c in ref.columns or ref.average_over}
     if {p for p, _ in curves.panels if p != "average"} != ds:
         published.pop("average", None)
