@@ -5,6 +5,8 @@ output tree.
     fsclip-results output --out results --format md latex csv --plots png pdf
     fsclip-results output --ci95 --shots 1 16 --methods ZeroshotCLIP 'SAFE*' --datasets '*'
     fsclip-results output --method-name full --rename SAFE_A=SAFE-A --keyword macro_f1
+    fsclip-results output --reference safe_table1 --plots png --out results   # vs a paper
+    fsclip-results --reference                             # the published tables shipped
 
 Tables: few-shot (method x dataset per shot count, with the average over datasets), distribution
 shift (source, targets, their average) and base-to-new (base, new, H); see
@@ -35,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Tables (markdown, LaTeX, CSV) and accuracy-vs-shots plots from an output "
                     "tree of runs (<dataset>/<Trainer>/<cfg>_<N>shots/seed<S>/log.txt, "
                     "evaluation/..., base2new/...).")
-    p.add_argument("directory", help="output folder (or any folder below it)")
+    p.add_argument("directory", nargs="?", help="output folder (or any folder below it)")
     p.add_argument("--format", "-f", nargs="+", default=["md"], choices=sorted(FORMATS),
                    metavar="FMT", help="md, latex and/or csv (default: md)")
     p.add_argument("--out", "-o", default="",
@@ -68,11 +70,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rename", nargs="+", default=[], metavar="NAME=LABEL",
                    help="labels by hand, e.g. SAFE_A=SAFE-A 'TipAdapterF/rn50=Tip-Adapter-F'")
     p.add_argument("--decimals", type=int, default=2, help="digits after the point (default 2)")
+    p.add_argument("--reference", nargs="?", const="", default=None, metavar="NAME",
+                   help="the user's results next to a published table (e.g. safe_table1): "
+                        "ours / published (difference), flagged beyond 1 point or 2 std; "
+                        "plots add the published curves dashed; without NAME: list the tables")
+    p.add_argument("--reference-map", nargs="+", default=[], metavar="YOURS=COLUMN",
+                   help="read one of your datasets as a column of the published table, e.g. "
+                        "synth_shapes=imagenet")
     p.add_argument("--strict", action="store_true", help="exit with status 1 when a run is missing")
     return p
 
 
 def run(args: argparse.Namespace) -> int:
+    ref, dataset_map = None, {}
+    if args.reference is not None:
+        from . import reference
+
+        if args.reference in ("", "list"):
+            print(reference.listing())
+            return 0
+        ref = reference.load(args.reference)
+        dataset_map = reference.parse_map(args.reference_map)
+    if args.directory is None:
+        raise ConfigError("give the output folder of the runs (fsclip-results OUTPUT ...)")
     formats: List[str] = list(dict.fromkeys(FORMATS[f] for f in args.format))
     plots = None if args.plots is None else (args.plots or ["png", "pdf"])
     if plots and not args.out:
@@ -97,6 +117,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"No run in {args.directory} matches the filters")
         return 1
 
+    if ref is not None:
+        return run_reference(args, ref, dataset_map, records, results, opts, formats, plots)
     texts = {fmt: [render(t, fmt, opts.decimals, opts.spread_name) for t in results.tables]
              for fmt in formats}
     if "md" in texts:
@@ -128,6 +150,54 @@ def run(args: argparse.Namespace) -> int:
 
                 written += save_figures(curve_figures(results.curves),
                                         os.path.join(args.out, "plots"), plots)
+        print(f"Wrote {len(written)} files:")
+        print("\n".join(f"  {path}" for path in written))
+    return 1 if (args.strict and results.problems) else 0
+
+
+def run_reference(args: argparse.Namespace, ref, dataset_map, records, results, opts,
+                  formats: List[str], plots) -> int:
+    """``--reference NAME``: the comparison tables instead of the plain ones (same --out,
+    --format, --plots); plots are the usual ones with the published curves added."""
+    from . import reference
+
+    tables = reference.compare(records, ref, ci95=opts.ci95, methods=opts.methods,
+                               shots=opts.shots, method_name=opts.method_name,
+                               renames=opts.renames, dataset_map=dataset_map)
+    texts = {fmt: [reference.render(t, fmt, opts.decimals, opts.spread_name) for t in tables]
+             for fmt in formats}
+    if "md" in texts:
+        print(markdown_report(texts["md"], results.problems))
+    if not args.out:
+        for fmt in formats:
+            if fmt != "md":
+                print("\n\n".join(texts[fmt]) + "\n")
+    if args.out:
+        from fsclip.engine.fileio import atomic_write_text
+
+        written = []
+        if "md" in texts:
+            written.append(os.path.join(args.out, f"reference_{ref.name}.md"))
+            atomic_write_text(written[-1], markdown_report(texts["md"], results.problems) + "\n")
+        for fmt in formats:
+            if fmt == "md":
+                continue
+            for table, text in zip(tables, texts[fmt]):
+                written.append(os.path.join(args.out, f"{table.name}.{fmt}"))
+                atomic_write_text(written[-1], text if text.endswith("\n") else text + "\n")
+        if plots:
+            if results.curves is None:
+                print("No few-shot or zero-shot runs: no accuracy-vs-shots plot")
+            else:
+                from .names import method_labels
+                from .plots import save_figures
+
+                trainers = {r.name: r.trainer for r in records}
+                labels = method_labels(trainers, trainers, opts.method_name, opts.renames)
+                by_label = {labels[n]: t for n, t in trainers.items()}
+                figures = reference.reference_figures(results.curves, ref, by_label, dataset_map,
+                                                      {labels[n]: n for n in trainers})
+                written += save_figures(figures, os.path.join(args.out, "plots"), plots)
         print(f"Wrote {len(written)} files:")
         print("\n".join(f"  {path}" for path in written))
     return 1 if (args.strict and results.problems) else 0
