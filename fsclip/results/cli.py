@@ -121,37 +121,13 @@ def run(args: argparse.Namespace) -> int:
         return run_reference(args, ref, dataset_map, records, results, opts, formats, plots)
     texts = {fmt: [render(t, fmt, opts.decimals, opts.spread_name) for t in results.tables]
              for fmt in formats}
-    if "md" in texts:
-        print(markdown_report(texts["md"], results.problems))
-    if not args.out:
-        for fmt in formats:
-            if fmt != "md":
-                print("\n\n".join(texts[fmt]) + "\n")
-    if results.problems and "md" not in texts:
-        print(problems_markdown(results.problems), file=sys.stderr)
-    if args.out:
-        from fsclip.engine.fileio import atomic_write_text
 
-        written = []
-        if "md" in texts:
-            written.append(os.path.join(args.out, "results.md"))
-            atomic_write_text(written[-1], markdown_report(texts["md"], results.problems) + "\n")
-        for fmt in formats:
-            if fmt == "md":
-                continue
-            for table, text in zip(results.tables, texts[fmt]):
-                written.append(os.path.join(args.out, f"{table.name}.{fmt}"))
-                atomic_write_text(written[-1], text if text.endswith("\n") else text + "\n")
-        if plots:
-            if results.curves is None:
-                print("No few-shot or zero-shot runs: no accuracy-vs-shots plot")
-            else:
-                from .plots import curve_figures, save_figures
+    def figures():
+        from .plots import curve_figures
 
-                written += save_figures(curve_figures(results.curves),
-                                        os.path.join(args.out, "plots"), plots)
-        print(f"Wrote {len(written)} files:")
-        print("\n".join(f"  {path}" for path in written))
+        return curve_figures(results.curves)
+
+    emit(args, texts, results.tables, results, "results.md", plots, figures)
     return 1 if (args.strict and results.problems) else 0
 
 
@@ -166,41 +142,55 @@ def run_reference(args: argparse.Namespace, ref, dataset_map, records, results, 
                                renames=opts.renames, dataset_map=dataset_map)
     texts = {fmt: [reference.render(t, fmt, opts.decimals, opts.spread_name) for t in tables]
              for fmt in formats}
+
+    def figures():
+        from .names import method_labels
+
+        trainers = {r.name: r.trainer for r in records}
+        labels = method_labels(trainers, trainers, opts.method_name, opts.renames)
+        by_label = {labels[n]: t for n, t in trainers.items()}
+        return reference.reference_figures(results.curves, ref, by_label, dataset_map,
+                                           {labels[n]: n for n in trainers})
+
+    emit(args, texts, tables, results, f"reference_{ref.name}.md", plots, figures)
+    return 1 if (args.strict and results.problems) else 0
+
+
+def emit(args: argparse.Namespace, texts, tables, results, md_name: str, plots, figures) -> None:
+    """Print the tables (markdown, and the other formats when there is no --out), or write them
+    under --out: ``md_name`` for the markdown report, ``<table>.<fmt>`` for the others, and the
+    accuracy-vs-shots figures (``figures()``) under ``plots/``."""
     if "md" in texts:
         print(markdown_report(texts["md"], results.problems))
     if not args.out:
-        for fmt in formats:
+        for fmt, rendered in texts.items():
             if fmt != "md":
-                print("\n\n".join(texts[fmt]) + "\n")
-    if args.out:
-        from fsclip.engine.fileio import atomic_write_text
+                print("\n\n".join(rendered) + "\n")
+    if results.problems and "md" not in texts:
+        print(problems_markdown(results.problems), file=sys.stderr)
+    if not args.out:
+        return
+    from fsclip.engine.fileio import atomic_write_text
 
-        written = []
-        if "md" in texts:
-            written.append(os.path.join(args.out, f"reference_{ref.name}.md"))
-            atomic_write_text(written[-1], markdown_report(texts["md"], results.problems) + "\n")
-        for fmt in formats:
-            if fmt == "md":
-                continue
-            for table, text in zip(tables, texts[fmt]):
-                written.append(os.path.join(args.out, f"{table.name}.{fmt}"))
-                atomic_write_text(written[-1], text if text.endswith("\n") else text + "\n")
-        if plots:
-            if results.curves is None:
-                print("No few-shot or zero-shot runs: no accuracy-vs-shots plot")
-            else:
-                from .names import method_labels
-                from .plots import save_figures
+    written = []
+    if "md" in texts:
+        written.append(os.path.join(args.out, md_name))
+        atomic_write_text(written[-1], markdown_report(texts["md"], results.problems) + "\n")
+    for fmt, rendered in texts.items():
+        if fmt == "md":
+            continue
+        for table, text in zip(tables, rendered):
+            written.append(os.path.join(args.out, f"{table.name}.{fmt}"))
+            atomic_write_text(written[-1], text if text.endswith("\n") else text + "\n")
+    if plots:
+        if results.curves is None:
+            print("No few-shot or zero-shot runs: no accuracy-vs-shots plot")
+        else:
+            from .plots import save_figures
 
-                trainers = {r.name: r.trainer for r in records}
-                labels = method_labels(trainers, trainers, opts.method_name, opts.renames)
-                by_label = {labels[n]: t for n, t in trainers.items()}
-                figures = reference.reference_figures(results.curves, ref, by_label, dataset_map,
-                                                      {labels[n]: n for n in trainers})
-                written += save_figures(figures, os.path.join(args.out, "plots"), plots)
-        print(f"Wrote {len(written)} files:")
-        print("\n".join(f"  {path}" for path in written))
-    return 1 if (args.strict and results.problems) else 0
+            written += save_figures(figures(), os.path.join(args.out, "plots"), plots)
+    print(f"Wrote {len(written)} files:")
+    print("\n".join(f"  {path}" for path in written))
 
 
 def markdown_report(tables: Sequence[str], problems: Sequence[str]) -> str:
