@@ -70,7 +70,7 @@ class LoRAMultiheadAttention(nn.Module):
         super().__init__()
         if not base._qkv_same_embed_dim or base.in_proj_weight is None:
             raise ValueError("LoRAMultiheadAttention needs a packed in_proj_weight (CLIP's attention)")
-        self.base = base
+        self.base = base.requires_grad_(False)  # frozen: only the factors train
         d = base.embed_dim
         self.lora = nn.ModuleDict({p: LoRAPair(d, d, r, alpha, dropout) for p in params})
 
