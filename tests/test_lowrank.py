@@ -175,6 +175,8 @@ def test_resnet_adapts_the_text_encoder_only(kit_root, kit_cache, tmp_path):
     assert t.lora and all(k.startswith("text_") for k in t.lora)
     with pytest.raises(ConfigError, match=r"TRAINER.CLIP_LORA.ENCODERS is \['vision'\]"):
         build(kit_root, kit_cache, tmp_path / "v", cfg="micro_rn", opts=["TRAINER.CLIP_LORA.ENCODERS", ["vision"]])
+    with pytest.raises(ConfigError, match="POSITIONS.*outside"):
+        build(kit_root, kit_cache, tmp_path / "i", cfg="micro_rn", opts=["TRAINER.CLIP_LORA.POSITIONS", [99]])
     with pytest.raises(ConfigError, match="TRAINER.CLIP_LORA.PARAMS"):
         build(kit_root, kit_cache, tmp_path / "p", cfg="micro_rn", opts=["TRAINER.CLIP_LORA.PARAMS", ["x"]])
 

@@ -37,4 +37,5 @@ def test_main_sh_trains_then_eval_sh_reloads(env):
     state = torch.load(osp.join(run, "lora", ckpt), map_location="cpu", weights_only=False)["state_dict"]
     assert state and all(k.endswith(("lora_A", "lora_B")) for k in state)  # only the factors
     evaluated = run_script(env, "clip_lora/eval.sh", "synth_shapes", "1", "micro_vit")
-    assert re.search(rf"^\* accuracy: {re.escape(trained)}0?% \+- 0\.00%$", evaluated, re.M), (trained, evaluated[-1500:])
+    assert re.search(rf"^\* accuracy: {re.escape(trained)}0?% \+- 0\.00%$", evaluated, re.M), \
+        (trained, evaluated[-1500:])

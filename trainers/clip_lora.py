@@ -91,8 +91,12 @@ class CLIPLoRA(PrecisionChecks, TrainerX):
                 raise ConfigError(f"TRAINER.CLIP_LORA.ENCODERS is ['vision'] but {cfg.MODEL.BACKBONE.NAME} is a "
                                   "ResNet (no attention blocks): add \"text\" or use a ViT backbone")
             print(f"Note: {cfg.MODEL.BACKBONE.NAME} is a ResNet: LoRA adapts the text encoder only")
-        sites = apply_lora(self.clip_model, encoders, positions, list(c.PARAMS), int(c.R), float(c.ALPHA),
-                           float(c.DROPOUT))  # Eq. 1
+        try:
+            sites = apply_lora(self.clip_model, encoders, positions, list(c.PARAMS), int(c.R), float(c.ALPHA),
+                               float(c.DROPOUT))  # Eq. 1
+        except ValueError as err:
+            raise ConfigError(f"TRAINER.CLIP_LORA (R, DROPOUT or POSITIONS): {err}; use R >= 1, 0 <= DROPOUT < 1 "
+                              "and block indices of the backbone") from None
         self.lora = nn.ModuleDict({name: m.lora for name, m in sites.items()})  # the factors only
         n = sum(p.numel() for p in self.lora.parameters())
         print(f"LoRA r={c.R} alpha={c.ALPHA} dropout={c.DROPOUT} on {list(c.PARAMS)} of {len(sites)} blocks "

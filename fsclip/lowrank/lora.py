@@ -81,12 +81,12 @@ class LoRAMultiheadAttention(nn.Module):
         """``(W_in + [s B_q A_q; s B_k A_k; s B_v A_v], W_o + s B_o A_o)`` in the weights' dtype."""
         b, d = self.base, self.base.embed_dim
         w_in, w_out = b.in_proj_weight, b.out_proj.weight
-        blocks = [self.lora[p].delta() if p in self.lora else torch.zeros(d, d, device=w_in.device)
+        blocks = [self.lora[p].delta().float() if p in self.lora else torch.zeros(d, d, device=w_in.device)
                   for p in "qkv"]
         if any(p in self.lora for p in "qkv"):
             w_in = (w_in.float() + torch.cat(blocks)).to(w_in.dtype)
         if "o" in self.lora:
-            w_out = (w_out.float() + self.lora["o"].delta()).to(w_out.dtype)
+            w_out = (w_out.float() + self.lora["o"].delta().float()).to(w_out.dtype)
         return w_in, w_out
 
     def forward(self, query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Optional[Tensor] = None,
@@ -156,6 +156,9 @@ def apply_lora(model: nn.Module, encoders: Iterable[str] = ENCODERS, positions: 
         if blocks is None:
             raise ValueError("apply_lora: a ResNet image encoder has no attention blocks to adapt")
         chosen = range(len(blocks)) if positions == "all" else list(positions)
+        if any(not 0 <= i < len(blocks) for i in chosen):
+            raise ValueError(f"apply_lora: block indices {list(chosen)} outside 0..{len(blocks) - 1} "
+                             f"of the {encoder} encoder")
         for i in chosen:
             block = blocks[i]
             if not isinstance(block.attn, LoRAMultiheadAttention):
