@@ -20,6 +20,10 @@ ResNet backbones: the reference code supports ViTs only. A ResNet image encoder 
 blocks (only the attention pool), so on RN50/RN101/MicroRN CLIP-LoRA adapts the text encoder
 only and says so in the log; asking for ENCODERS ["vision"] alone there is one ConfigError.
 
+Known pitfalls of the reference code avoided here: weight decay is 1e-2 (its first release had
+1e2, MaxZanella/CLIP-LoRA#1); the scaling is alpha / sqrt(r), not PEFT's alpha / r; the factors are
+created after CLIP is frozen, so they are what trains (#6).
+
 Checkpoints hold only the low-rank factors (the ``lora`` model); ``export_merged(path)`` writes
 CLIP with every ``W + s B A`` folded in, for deployment without fsclip. Precision is
 TRAINER.FEATURES.PREC: fp16 keeps CLIP's half weights with float32 factors.
