@@ -5,7 +5,7 @@ every block of both encoders (the paper's defaults). One step: the batch through
 encoder, the K class prompts (one template, short context) through the adapted text encoder,
 cross-entropy on 100 * cos, backward, AdamW. Zero-shot: the frozen image encoder on the batch
 against text features computed once. It prints the median time of --steps steps (after a warm-up)
-and, on CUDA, the peak memory of each. Usage:
+and the peak memory of each (CUDA) or the process's peak RSS (CPU). Usage:
   python benchmarks/clip_lora_step.py [--classes 100] [--batch 32] [--steps 3] [--threads N]
                                       [--device cpu|cuda] [--prec fp32|fp16|amp]
 """
@@ -111,6 +111,9 @@ def main() -> None:
     print(f"zero-shot inference of the batch : {zs_t * 1000:9.1f} ms   peak {zs_m:8.0f} MiB")
     print(f"CLIP-LoRA training step          : {tr_t * 1000:9.1f} ms   peak {tr_m:8.0f} MiB")
     print(f"ratio step / zero-shot           : {tr_t / zs_t:9.2f}x")
+    if device.type == "cpu":
+        import resource
+        print(f"process peak RSS (both)          : {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:9.0f} MiB")
 
 
 if __name__ == "__main__":
