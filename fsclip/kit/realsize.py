@@ -45,6 +45,7 @@ SMOKE_BUDGETS: Dict[str, List] = {
     "ProGrad": ["OPTIM.MAX_EPOCH", 2],
     "KgCoOp": ["OPTIM.MAX_EPOCH", 2],
     **{name: ["OPTIM.MAX_EPOCH", 1] for name in DPT},
+    "CLIPLoRA": ["TRAINER.CLIP_LORA.N_ITERS", 1],
 }
 
 # the shipped config of each trainer for a release (CoCoOp's names carry its settings)
@@ -53,8 +54,9 @@ _COCOOP = {"RN50": "rn50_c4_ep10_batch1_ctxv1", "ViT-B/16": "vit_b16_c4_ep10_bat
 
 
 def supports(trainer: str, release: str) -> bool:
-    """DPT prompts a vision transformer; CoCoOp ships configs for RN50 and ViT-B/16."""
-    if trainer in DPT:
+    """DPT prompts a vision transformer; CoCoOp ships configs for RN50 and ViT-B/16; CLIP-LoRA
+    ships ViT configs only (on a ResNet it adapts the text encoder alone: a kit config only)."""
+    if trainer in DPT or trainer == "CLIPLoRA":
         return release.startswith("ViT")
     return trainer != "CoCoOp" or release in _COCOOP
 
