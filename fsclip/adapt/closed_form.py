@@ -46,7 +46,8 @@ def ks_precision(x: Tensor, y: Tensor, means: Tensor) -> Tensor:
     n, d = centred.shape
     scatter = centred.t() @ centred  # S = (N - 1) * sample covariance
     shrink = scatter.trace() / max(n - 1, 1)  # tr(sample covariance)
-    return d * torch.linalg.pinv(scatter + shrink * torch.eye(d, dtype=x.dtype, device=x.device))
+    system = scatter + shrink * torch.eye(d, dtype=x.dtype, device=x.device)
+    return d * torch.linalg.pinv(system, hermitian=True)  # symmetric: pinv by eigendecomposition
 
 
 def gda_head(x: Tensor, y: Tensor, num_classes: int, priors: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
