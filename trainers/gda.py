@@ -10,11 +10,12 @@ with priors p_k gives a linear classifier (``fsclip.adapt.closed_form.gda_head``
   w_k       = Sigma^-1 mu_k,   b_k = log p_k - 1/2 mu_k^T Sigma^-1 mu_k,   p_k = 1/K
   logits    = logit_scale * f W_text^T + alpha * (f W^T + b)
 
-The precision estimator is the code's ("KS" shrinkage towards the identity); the paper names
-several estimators, the code uses this one. The blend weight alpha is picked from the code's grid
-{1e-4, ..., 100} by accuracy on the few-shot val split (ties: the first). The code differs in how
-it validates: it uses the full CoOp val split, and for ImageNet the test set as its val set; we
-use the few-shot val split and read the test set once at the end. Its zero-shot term is 100 *
+The precision estimator is the one the code uses (shrinkage of the scatter towards the
+identity, as written above; the paper's text was not available to check it against). The blend
+weight alpha is picked from the code's grid {1e-4, ..., 100} by accuracy on the few-shot val
+split (ties: the first; the code keeps 0.1 when every weight scores 0%, we keep the first). The
+code validates otherwise: on the full CoOp val split, and for ImageNet on the test set; we use
+the few-shot val split and read the test set once at the end. Its zero-shot term is 100 *
 cosine, ours CLIP's logit scale (100 for the released CLIPs). alpha = 0 is zero-shot CLIP.
 """
 

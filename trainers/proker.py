@@ -7,8 +7,8 @@ zero-shot CLIP, in closed form (``fsclip.adapt.closed_form``).
   alpha    = (K_SS / lambda + I)^-1 (Y - f_0(S))            S: every cached view of the shots
   f(x)     = f_0(x) + k(x, S) alpha                         logits: logit_scale * f(x)
 
-ProKeR's training-free form is proximal regularisation towards f_0: the solution moves away from
-zero-shot CLIP only as far as the few shots ask, and lambda -> 0 gives f_0 back (lambda = 0 is
+The regression is regularised towards f_0 (not towards 0): it moves away from zero-shot CLIP
+only as far as the few shots ask, and lambda -> 0 gives f_0 back (lambda = 0 is
 taken as that limit). (beta, lambda) are searched on the few-shot val split over linspace grids
 (BETA, LAMBDA = [start, end, count], as in the code's per-dataset yaml; the default is the code's
 widest one, DTD's). The code's form divides K by lambda (lambda also scales the residual term
