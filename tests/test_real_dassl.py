@@ -46,6 +46,7 @@ RN = ("micro_rn",)
     ("safe", "SAFE", RN), ("tip_adapter_f", "TipAdapterF", RN), ("clip_adapter", "CLIPAdapter", RN),
     ("linear_probe", "LinearProbe", RN), ("cross_modal", "CrossModal", RN), ("wiseft", "WiSEFT", RN),
     ("lppp", "LPPP", RN), ("coop", "CoOp", RN), ("cocoop", "CoCoOp", RN), ("prograd", "ProGrad", RN),
+    ("gda", "GDA", RN), ("proker", "ProKeR", RN),
     ("kgcoop", "KgCoOp", RN), ("vtclip", "VTCLIP", RN), ("calip", "CALIP", RN), ("calip_fs", "CALIP_FS", RN),
     ("dpt", "VPT_CLIP", ("VPT_CLIP", "micro_vit")), ("dpt", "VPT_CLIP_CAVPT", ("VPT_CLIP_CAVPT", "micro_vit")),
     ("dpt", "VLP_CLIP", ("VLP_CLIP", "micro_vit")), ("dpt", "VLP_CLIP_CAVPT", ("VLP_CLIP_CAVPT", "micro_vit")),
