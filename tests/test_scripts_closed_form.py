@@ -20,10 +20,11 @@ ACC = re.compile(r"^\* accuracy: ([\d.]+)%$", re.M)
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
+def env(tmp_path_factory, kit_root, kit_cache):
+    # the session's kit data and feature cache: generated and extracted once for the suite
     base = tmp_path_factory.mktemp("scripts_closed_form")
-    return dict(os.environ, DATA=str(base / "data"), OUTPUT=str(base / "output"), PYTHON=sys.executable,
-                SEEDS="1", FSCLIP_SYNTH_WORKERS="1", FEATURES=str(base / "features"))
+    return dict(os.environ, DATA=kit_root, OUTPUT=str(base / "output"), PYTHON=sys.executable,
+                SEEDS="1", FSCLIP_SYNTH_WORKERS="1", FEATURES=kit_cache)
 
 
 @pytest.mark.parametrize("method,trainer,chosen", METHODS)
