@@ -124,7 +124,7 @@ def test_beta_sweep_sh_end_to_end_on_the_kit(env):
 @pytest.mark.slow
 @needs_kit
 def test_layers_sh_end_to_end_on_the_kit(env):
-    out = run_script(env, "safe/layers.sh", "synth_shapes", "2", "micro_rn",
+    out = run_script(dict(env, LAYERS="attnpool attnpool+layer4"), "safe/layers.sh", "synth_shapes", "2", "micro_rn",
                      "TRAINER.FEATURES.CACHE_DIR", env["FEATURES"], *TINY)
     for layers in ("attnpool", "attnpool+layer4"):
         folder = osp.join(env["OUTPUT"], "synth_shapes", "SAFE", f"micro_rn_{layers.replace('+', '-')}_2shots")
