@@ -127,7 +127,8 @@ def test_layers_sh_end_to_end_on_the_kit(env):
     out = run_script(dict(env, LAYERS="attnpool attnpool+layer4"), "safe/layers.sh", "synth_shapes", "2", "micro_rn",
                      "TRAINER.FEATURES.CACHE_DIR", env["FEATURES"], *TINY)
     for layers in ("attnpool", "attnpool+layer4"):
-        folder = osp.join(env["OUTPUT"], "synth_shapes", "SAFE", f"micro_rn_{layers.replace('+', '-')}_2shots")
+        tag = "" if layers == "attnpool" else "_" + layers.replace("+", "-")  # SAFE's own runs: main.sh's folder
+        folder = osp.join(env["OUTPUT"], "synth_shapes", "SAFE", f"micro_rn{tag}_2shots")
         log = open(osp.join(folder, "seed1", "log.txt"), encoding="utf-8").read()
         assert f"TRAIN_LAYERS: {layers}" in log
         acc = float(re.findall(r"^\* accuracy: ([\d.]+)%$", log.split("Finish training")[1], re.M)[-1])

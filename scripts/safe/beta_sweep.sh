@@ -24,12 +24,13 @@ fi
 bash scripts/safe/main.sh "$dataset" "$shots" "$cfg" "$@"
 name="$(cfg_name "$cfg")_${shots}shots"
 model_base="${OUTPUT}/${dataset}/SAFE/${name}"
+# the evaluations of eval.sh (EVAL_TAG=beta<b>) and ood.sh, summarised once in the table below
 for b in $betas; do
-    EVAL_TAG="beta${b}" fewshot_eval SAFE "$dataset" "$shots" "$cfg" TRAINER.SAFE.BETA "$b" "$@"
+    seed_runs test SAFE "$dataset" "$cfg" "${OUTPUT}/evaluation/${dataset}/SAFE/${name}_beta${b}" "$model_base" \
+        DATASET.NUM_SHOTS "$shots" TRAINER.SAFE.BETA "$b" "$@"
     for target in $BETA_TARGETS; do
-        base="${OUTPUT}/evaluation/${target}/SAFE/${name}_from_${dataset}_beta${b}"
-        seed_runs test SAFE "$target" "$cfg" "$base" "$model_base" TRAINER.SAFE.BETA "$b" "$@"
-        $PYTHON parse_test_res.py "$base" --test-log
+        seed_runs test SAFE "$target" "$cfg" "${OUTPUT}/evaluation/${target}/SAFE/${name}_from_${dataset}_beta${b}" \
+            "$model_base" TRAINER.SAFE.BETA "$b" "$@"
     done
 done
 # shellcheck disable=SC2086
