@@ -47,7 +47,12 @@ def test_a_deeper_split_at_init_gives_the_logits_of_safe(kit_root, kit_cache, tm
     assert g_deep.shape != g_base.shape or not torch.allclose(g_deep, g_base)
     torch.testing.assert_close(deep.model_inference(images), base.model_inference(images), rtol=1e-4, atol=1e-4)
     assert deep.backbone_id != base.backbone_id  # the feature cache keys on the split point
-    base_keys, deep_keys = list(base.head_f.state_dict()), list(deep.head_f.state_dict())
+    keys = []
+    for t, d in ((base, tmp_path / "ck_a"), (deep, tmp_path / "ck_b")):
+        with contextlib.redirect_stdout(io.StringIO()):
+            t.save_model(0, str(d), model_name="model-best.pth.tar")
+        keys.append(list(torch.load(d / "attnpool_f" / "model-best.pth.tar", map_location="cpu")["state_dict"]))
+    base_keys, deep_keys = keys
     assert not any(stage in k for k in base_keys) and any(stage in k for k in deep_keys)
     assert any(stage in k for k in deep.head_o.state_dict()) and deep.head_o is not deep.head_f
     assert all(p.requires_grad for p in deep.head_f.parameters())
