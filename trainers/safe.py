@@ -21,13 +21,21 @@ early stopping on the few-shot validation split every EVAL_EVERY steps. The grid
 train together as one stacked model (``fsclip.adapt.stacked``: same batches, each setting with
 its own AdamW, schedule and early stopping) or one after another (``GRID_BATCHED False``);
 both choose the same setting.
+
+TRAIN_LAYERS (Sec. IV-D2, which layers to fine-tune): "attnpool" (SAFE; for a ViT the same as
+"last_block"), or a deeper split for the ablation: ResNet "attnpool+layer4" /
+"attnpool+layer4+layer3", ViT "last_two_blocks". G then ends before those layers (the feature
+cache keys on the split), AttnPool_O / AttnPool_F cover them (BatchNorm statistics frozen), and
+the grid trains one setting after another.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Optional, Tuple
+import copy
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 from yacs.config import CfgNode as CN
@@ -41,11 +49,56 @@ from fsclip.adapt.stacked import (
 from fsclip.adapt.tip import CacheAdapter, fit_cache_adapter
 from fsclip.adapt.trainer import FrozenFeatureTrainer
 from fsclip.backend import TRAINER_REGISTRY
+from fsclip.clip.features import is_vit, vit_tokens
 from fsclip.engine.optim import adamw
+from fsclip.errors import ConfigError
 
 from .tip_adapter import add_tip_cfg, check_cache_classes
 
 GRID_KEYS = {"lr": "TRAINER.SAFE.LRS", "weight_decay": "TRAINER.SAFE.WDS"}
+# TRAINER.SAFE.TRAIN_LAYERS -> (architecture, trunk stages moved into the head; None: either)
+TRAIN_LAYERS = {"attnpool": (None, 0), "attnpool+layer4": ("rn", 1), "attnpool+layer4+layer3": ("rn", 2),
+                "last_block": ("vit", 0), "last_two_blocks": ("vit", 1)}
+
+
+def extra_stages(value: str, visual: Any) -> int:
+    """How many trunk stages (ResNet layers / ViT blocks) TRAIN_LAYERS moves into the head."""
+    arch = "vit" if is_vit(visual) else "rn"
+    allowed = [k for k, (a, _) in TRAIN_LAYERS.items() if a in (None, arch)]
+    if value not in allowed:
+        raise ConfigError(f"TRAINER.SAFE.TRAIN_LAYERS must be one of {', '.join(allowed)} for this "
+                          f"{'ViT' if arch == 'vit' else 'ResNet'} backbone, got {value!r}")
+    return TRAIN_LAYERS[value][1]
+
+
+class DeeperHead(nn.Module):
+    """Copies of the last ``n`` trunk stages (layer3/layer4, or ViT blocks) then the pooling head."""
+
+    def __init__(self, visual: Any, n: int) -> None:
+        super().__init__()
+        self.vit = is_vit(visual)
+        if self.vit:
+            depth = len(visual.transformer.resblocks)
+            named = {f"block{i}": visual.transformer.resblocks[i] for i in range(depth - 1 - n, depth - 1)}
+        else:
+            named = {f"layer{i}": getattr(visual, f"layer{i}") for i in range(5 - n, 5)}
+        self.stages = nn.ModuleDict({k: copy.deepcopy(m) for k, m in named.items()})
+        self.pool = make_pooling_head(visual)
+        self.float().requires_grad_(True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x.float()
+        x = x.permute(1, 0, 2) if self.vit else x  # ViT blocks run on [L, B, width]
+        for stage in self.stages.values():
+            x = stage(x)
+        return self.pool(x.permute(1, 0, 2) if self.vit else x)
+
+    def train(self, mode: bool = True) -> "DeeperHead":
+        super().train(mode)
+        for m in self.modules():  # few-shot batches of 8: keep CLIP's BatchNorm statistics
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+        return self
 
 
 @TRAINER_REGISTRY.register()
@@ -79,10 +132,39 @@ class SAFE(FrozenFeatureTrainer):
         # At most this many settings at once when batched (0: the whole grid); each costs one
         # copy of the head with its gradient and AdamW state (RN50: about 240 MB)
         s.GRID_MAX_STACK = 0
+        # Layers fine-tuned (Sec. IV-D2): "attnpool" (SAFE), ResNet "attnpool+layer4",
+        # "attnpool+layer4+layer3", ViT "last_block" (= "attnpool"), "last_two_blocks"
+        s.TRAIN_LAYERS = "attnpool"
 
     def build_method(self) -> None:
-        self.head_f = make_pooling_head(self.visual).to(self.device)  # AttnPool_F, starts as AttnPool_O
+        self.n_extra = extra_stages(str(self.cfg.TRAINER.SAFE.TRAIN_LAYERS), self.visual)
+        if self.n_extra:  # the split moves: G ends earlier (a cache space of its own), heads grow
+            self.backbone_id = f"{self.backbone_id}|G-before-last-{self.n_extra + 1}-stages"
+            self.head_o = self.make_head().requires_grad_(False).eval()
+        self.head_f = self.make_head()  # AttnPool_F, starts as AttnPool_O
         self.register_model("attnpool_f", self.head_f, None, None)
+
+    def make_head(self) -> nn.Module:
+        """A trainable copy of the head of the TRAIN_LAYERS split (AttnPool_O's weights)."""
+        head = DeeperHead(self.visual, self.n_extra) if self.n_extra else make_pooling_head(self.visual)
+        return head.to(self.device)
+
+    @torch.no_grad()
+    def trunk(self, images: Tensor) -> Tensor:
+        """``G(x)`` up to the TRAIN_LAYERS split."""
+        if not self.n_extra:
+            return super().trunk(images)
+        v = self.visual
+        with self.autocast():
+            if is_vit(v):
+                return vit_tokens(v, images.to(self.device), n_last_blocks_skipped=1 + self.n_extra)
+            x = images.to(device=v.conv1.weight.device, dtype=v.conv1.weight.dtype)
+            for conv, bn, relu in ((v.conv1, v.bn1, v.relu1), (v.conv2, v.bn2, v.relu2), (v.conv3, v.bn3, v.relu3)):
+                x = relu(bn(conv(x)))
+            x = v.avgpool(x)
+            for layer in (v.layer1, v.layer2, v.layer3, v.layer4)[:4 - self.n_extra]:
+                x = layer(x)
+            return x
 
     def blend(self, dense: Tensor) -> Tensor:
         """Eq. (3): beta * AttnPool_O(F) + AttnPool_F(F), [B, D]."""
@@ -104,10 +186,10 @@ class SAFE(FrozenFeatureTrainer):
         val = self.features("val")[:, 0]
         self._val = (val, self.labels("val"), self.pooled(self.head_o, val))  # AttnPool_O(F) of val, fixed
         grid = {"lr": [float(x) for x in s.LRS], "weight_decay": [float(x) for x in s.WDS]}
-        way = "trained together" if s.GRID_BATCHED else "one after another"
+        way = "trained together" if s.GRID_BATCHED and not self.n_extra else "one after another"
         print(f"SAFE: {len(s.LRS) * len(s.WDS)} settings x {s.ITERS} steps (batch {self.batch_size()}), "
               f"val every {s.EVAL_EVERY} steps, {way}")
-        if s.GRID_BATCHED:
+        if s.GRID_BATCHED and not self.n_extra:  # stacked copies exist for the pooling head only
             best = grid_search_stacked(grid, self.train_stacked, int(s.GRID_MAX_STACK), keys=GRID_KEYS)
         else:
             best = grid_search(grid, self.train_one, keys=GRID_KEYS)
@@ -148,7 +230,7 @@ class SAFE(FrozenFeatureTrainer):
         """One setting: a fresh AttnPool_F = AttnPool_O, AdamW, cosine schedule, early stopping."""
         s = self.cfg.TRAINER.SAFE
         torch.manual_seed(max(self.cfg.SEED, 0))
-        head = make_pooling_head(self.visual).to(self.device)
+        head = self.make_head()
         opt = adamw(head.parameters(), lr=params["lr"], weight_decay=params["weight_decay"])
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=int(s.ITERS))
         next_batch = self.batches()
