@@ -98,10 +98,11 @@ def test_beta_table_and_delta_plot_from_a_results_tree(tmp_path):
 
 # ----------------------------------------------------------------------------- scripts end to end
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
+def env(tmp_path_factory, kit_root, kit_cache):
+    # the session's kit data and feature cache (generated and extracted once for the suite)
     base = tmp_path_factory.mktemp("safe_studies")
-    return dict(os.environ, DATA=str(base / "data"), OUTPUT=str(base / "output"), PYTHON=sys.executable,
-                SEEDS="1", FSCLIP_SYNTH_WORKERS="1", FEATURES=str(base / "features"))
+    return dict(os.environ, DATA=kit_root, OUTPUT=str(base / "output"), PYTHON=sys.executable,
+                SEEDS="1", FSCLIP_SYNTH_WORKERS="1", FEATURES=kit_cache)
 
 
 TINY = ["TRAINER.SAFE.ITERS", "10", "TRAINER.SAFE.EVAL_EVERY", "5", "TRAINER.SAFE.LRS", "[1e-3]"]
@@ -110,14 +111,14 @@ TINY = ["TRAINER.SAFE.ITERS", "10", "TRAINER.SAFE.EVAL_EVERY", "5", "TRAINER.SAF
 @pytest.mark.slow
 @needs_kit
 def test_beta_sweep_sh_end_to_end_on_the_kit(env):
-    out = run_script(dict(env, BETAS="0.0 0.5 1.0", BETA_TARGETS="synth_shapes_sketch"), "safe/beta_sweep.sh",
+    out = run_script(dict(env, BETAS="0.0 1.0", BETA_TARGETS="synth_shapes_sketch"), "safe/beta_sweep.sh",
                      "synth_shapes", "2", "micro_rn", "TRAINER.FEATURES.CACHE_DIR", env["FEATURES"], *TINY)
     stem = osp.join(env["OUTPUT"], "beta_sweep", "micro_rn_2shots_from_synth_shapes")
     assert osp.getsize(stem + ".png") > 0
     table = open(stem + ".md", encoding="utf-8").read()
     assert table in out
     for dataset, col in (("synth_shapes", 0), ("synth_shapes_sketch", 1)):
-        for beta in ("0.0", "0.5", "1.0"):
+        for beta in ("0.0", "1.0"):
             log = open(osp.join(beta_sweep.beta_dir(env["OUTPUT"], dataset, "synth_shapes", "micro_rn_2shots", beta),
                                 "seed1", "log.txt"), encoding="utf-8").read()
             assert "eval_only: True" in log and f"BETA: {beta}" in log
