@@ -31,7 +31,6 @@ the grid trains one setting after another.
 
 from __future__ import annotations
 
-import copy
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
@@ -41,7 +40,7 @@ from torch import Tensor
 from yacs.config import CfgNode as CN
 
 from fsclip.adapt.extract import view_batches
-from fsclip.adapt.heads import make_pooling_head
+from fsclip.adapt.heads import DeeperHead, make_pooling_head
 from fsclip.adapt.search import RunResult, grid_search, train_with_early_stopping
 from fsclip.adapt.stacked import (
     StackedAdamW, StackedHead, cross_entropy_per_setting, grid_search_stacked, train_stacked_with_early_stopping,
@@ -69,36 +68,6 @@ def extra_stages(value: str, visual: Any) -> int:
         raise ConfigError(f"TRAINER.SAFE.TRAIN_LAYERS must be one of {', '.join(allowed)} for this "
                           f"{'ViT' if arch == 'vit' else 'ResNet'} backbone, got {value!r}")
     return TRAIN_LAYERS[value][1]
-
-
-class DeeperHead(nn.Module):
-    """Copies of the last ``n`` trunk stages (layer3/layer4, or ViT blocks) then the pooling head."""
-
-    def __init__(self, visual: Any, n: int) -> None:
-        super().__init__()
-        self.vit = is_vit(visual)
-        if self.vit:
-            depth = len(visual.transformer.resblocks)
-            named = {f"block{i}": visual.transformer.resblocks[i] for i in range(depth - 1 - n, depth - 1)}
-        else:
-            named = {f"layer{i}": getattr(visual, f"layer{i}") for i in range(5 - n, 5)}
-        self.stages = nn.ModuleDict({k: copy.deepcopy(m) for k, m in named.items()})
-        self.pool = make_pooling_head(visual)
-        self.float().requires_grad_(True)
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = x.float()
-        x = x.permute(1, 0, 2) if self.vit else x  # ViT blocks run on [L, B, width]
-        for stage in self.stages.values():
-            x = stage(x)
-        return self.pool(x.permute(1, 0, 2) if self.vit else x)
-
-    def train(self, mode: bool = True) -> "DeeperHead":
-        super().train(mode)
-        for m in self.modules():  # few-shot batches of 8: keep CLIP's BatchNorm statistics
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.eval()
-        return self
 
 
 @TRAINER_REGISTRY.register()

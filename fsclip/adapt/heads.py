@@ -66,3 +66,35 @@ def trunk_forward(visual: Any, images: Tensor) -> Tensor:
 def trunk_kind(visual: Any) -> str:
     """A name for what ``trunk_forward`` returns (part of feature-cache keys)."""
     return "vit-tokens-before-last-block" if is_vit(visual) else "resnet-pre-attnpool-map"
+
+
+class DeeperHead(nn.Module):
+    """Copies of the last ``n`` trunk stages (layer3/layer4, or ViT blocks) then the pooling head:
+    the head of a deeper trunk/head split (SAFE's TRAIN_LAYERS ablation). BatchNorm statistics
+    stay frozen in training."""
+
+    def __init__(self, visual: Any, n: int) -> None:
+        super().__init__()
+        self.vit = is_vit(visual)
+        if self.vit:
+            depth = len(visual.transformer.resblocks)
+            named = {f"block{i}": visual.transformer.resblocks[i] for i in range(depth - 1 - n, depth - 1)}
+        else:
+            named = {f"layer{i}": getattr(visual, f"layer{i}") for i in range(5 - n, 5)}
+        self.stages = nn.ModuleDict({k: copy.deepcopy(m) for k, m in named.items()})
+        self.pool = make_pooling_head(visual)
+        self.float().requires_grad_(True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x.float()
+        x = x.permute(1, 0, 2) if self.vit else x  # ViT blocks run on [L, B, width]
+        for stage in self.stages.values():
+            x = stage(x)
+        return self.pool(x.permute(1, 0, 2) if self.vit else x)
+
+    def train(self, mode: bool = True) -> "DeeperHead":
+        super().train(mode)
+        for m in self.modules():  # few-shot batches of 8: keep CLIP's BatchNorm statistics
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+        return self
