@@ -178,3 +178,15 @@ def _restore_stdout():
 
 def pytest_report_header(config):
     return f"fsclip backend: {BACKEND}; torch {torch.__version__}; threads {torch.get_num_threads()}"
+
+
+def zero_shot_logits(trainer, images):
+    """Zero-shot CLIP's logits of ``images`` with the ensemble classifier of the toy dataset (the
+    reference the frozen-feature trainers' identity cases are compared with)."""
+    from fsclip.adapt.prompts import prompt_classifier
+
+    model = trainer.clip_model
+    with torch.no_grad():
+        f = F.normalize(model.encode_image(images).float(), dim=-1)
+        w = prompt_classifier(model, "ensemble", "ToyImages", trainer.classnames)
+        return model.logit_scale.exp() * f @ w.t()

@@ -9,14 +9,13 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import method_cfg, set_opts
+from conftest import method_cfg, set_opts, zero_shot_logits
 
 import fsclip.datasets  # noqa: F401
 import fsclip.trainers  # noqa: F401
 from fsclip.adapt.closed_form import (
     choose_blend, gda_head, gda_logits, linspace_grid, proker_fit, proker_logits, proker_search,
 )
-from fsclip.adapt.prompts import prompt_classifier
 from fsclip.backend import build_trainer
 from fsclip.clip.tiny import build_tiny_clip, save_tiny_clip
 from fsclip.errors import ConfigError
@@ -132,14 +131,6 @@ def test_proker_search_equals_solving_every_setting():
 def tiny_path(request, tmp_path_factory):
     d = tmp_path_factory.mktemp(f"tiny_cf_{request.param}")
     return save_tiny_clip(build_tiny_clip(request.param, image_resolution=64), str(d / "tiny.pt"))
-
-
-def zero_shot_logits(trainer, images):
-    model = trainer.clip_model
-    with torch.no_grad():
-        f = F.normalize(model.encode_image(images).float(), dim=-1)
-        w = prompt_classifier(model, "ensemble", "ToyImages", trainer.classnames)
-        return model.logit_scale.exp() * f @ w.t()
 
 
 def trained(toy_root, tmp_path, weights, name, **opts):

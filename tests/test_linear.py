@@ -8,13 +8,13 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import method_cfg, set_opts
+from conftest import method_cfg, set_opts, zero_shot_logits
 
 import fsclip.datasets  # noqa: F401
 import fsclip.trainers  # noqa: F401
 from fsclip.adapt.heads import trunk_forward
 from fsclip.adapt.linear import LinearHead, ViewSampler, logistic_regression, wise_ft_weights
-from fsclip.adapt.prompts import prompt_classifier, prompt_features
+from fsclip.adapt.prompts import prompt_features
 from fsclip.backend import build_trainer
 from fsclip.clip.tiny import build_tiny_clip, save_tiny_clip
 from fsclip.trainers.clip_adapter import VisualAdapter
@@ -41,14 +41,6 @@ def make_cfg(toy_root, tmp_path, weights, trainer, **opts):
     cfg.TRAINER.LINEAR_PROBE.SEARCH_STEPS = 2
     cfg.TRAINER.LPPP.EPOCHS = 12
     return set_opts(cfg, **opts)
-
-
-def zero_shot_logits(trainer, images):
-    model = trainer.clip_model
-    with torch.no_grad():
-        f = F.normalize(model.encode_image(images).float(), dim=-1)
-        w = prompt_classifier(model, "ensemble", "ToyImages", trainer.classnames)
-        return model.logit_scale.exp() * f @ w.t()
 
 
 def first_images(trainer):
