@@ -115,12 +115,19 @@ def method_cfg(toy_root: str, tmp_path, weights: str, trainer: str, train_views:
     return cfg
 
 
-def zero_shot_logits(trainer, images):
-    """Zero-shot CLIP's logits of ``images`` with the single template "a photo of a {}.", computed
-    from the trainer's frozen CLIP directly (the reference of the identity-case parity tests)."""
+def zero_shot_logits(trainer, images, prompts: str = "single"):
+    """Zero-shot CLIP's logits of ``images``, computed from the trainer's frozen CLIP directly (the
+    reference of the identity-case parity tests). ``prompts="single"``: the template "a photo of a
+    {}."; ``"ensemble"``: the toy dataset's template ensemble (what the frozen-feature trainers use
+    with TRAINER.FEATURES.PROMPTS ensemble)."""
+    from fsclip.adapt.prompts import prompt_classifier
+
     model = trainer.clip_model
     with torch.no_grad():
-        w = text_classifier(model, trainer.classnames, ["a photo of a {}."]).float()
+        if prompts == "single":
+            w = text_classifier(model, trainer.classnames, ["a photo of a {}."]).float()
+        else:
+            w = prompt_classifier(model, prompts, "ToyImages", trainer.classnames)
         f = F.normalize(model.encode_image(images).float(), dim=-1)
         return model.logit_scale.exp() * f @ w.t()
 
@@ -179,14 +186,3 @@ def _restore_stdout():
 def pytest_report_header(config):
     return f"fsclip backend: {BACKEND}; torch {torch.__version__}; threads {torch.get_num_threads()}"
 
-
-def zero_shot_logits(trainer, images):
-    """Zero-shot CLIP's logits of ``images`` with the ensemble classifier of the toy dataset (the
-    reference the frozen-feature trainers' identity cases are compared with)."""
-    from fsclip.adapt.prompts import prompt_classifier
-
-    model = trainer.clip_model
-    with torch.no_grad():
-        f = F.normalize(model.encode_image(images).float(), dim=-1)
-        w = prompt_classifier(model, "ensemble", "ToyImages", trainer.classnames)
-        return model.logit_scale.exp() * f @ w.t()

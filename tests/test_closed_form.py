@@ -145,7 +145,7 @@ def test_trained_gda_with_blend_zero_and_proker_with_lambda_zero_are_zero_shot(t
     gda = trained(toy_root, tmp_path, tiny_path, "GDA")
     assert gda.head.weight.abs().sum() > 0  # a real discriminant was fitted
     images = next(iter(gda.test_loader))["img"]
-    zs = zero_shot_logits(gda, images)
+    zs = zero_shot_logits(gda, images, "ensemble")
     assert not torch.allclose(gda.model_inference(images), zs, atol=1e-3)
     gda.head.alpha.fill_(0.0)
     assert torch.allclose(gda.model_inference(images), zs, atol=1e-4, rtol=1e-4)

@@ -71,7 +71,7 @@ def test_clip_adapter_with_ratio_zero_equals_zero_shot(toy_root, tmp_path, tiny_
         for p in trainer.adapter.parameters():
             p.add_(torch.randn_like(p))  # any adapter: ratio 0 ignores it
     images = first_images(trainer)
-    assert torch.allclose(trainer.model_inference(images), zero_shot_logits(trainer, images), atol=1e-4, rtol=1e-4)
+    assert torch.allclose(trainer.model_inference(images), zero_shot_logits(trainer, images, "ensemble"), atol=1e-4, rtol=1e-4)
 
 
 # ----------------------------------------------------------------------------- linear probe
@@ -185,7 +185,7 @@ def test_linear_head_starts_as_zero_shot_and_alpha_gives_both_endpoints(toy_root
     trainer = build_trainer(make_cfg(toy_root, tmp_path, tiny_path, trainer_name))
     images = first_images(trainer)
     assert torch.equal(trainer.head.weight, trainer.text_weights)
-    zs = zero_shot_logits(trainer, images)
+    zs = zero_shot_logits(trainer, images, "ensemble")
     assert torch.allclose(trainer.model_inference(images), zs, atol=1e-4, rtol=1e-4)
     with torch.no_grad():
         trainer.head.weight.add_(0.5 * torch.randn_like(trainer.head.weight))  # any fine-tuned head
@@ -213,7 +213,7 @@ def test_wiseft_fixed_alpha_zero_is_zero_shot(toy_root, tmp_path, tiny_path):
     trainer.train()
     images = first_images(trainer)
     assert float(trainer.head.alpha) == 0.0
-    assert torch.allclose(trainer.model_inference(images), zero_shot_logits(trainer, images), atol=1e-4, rtol=1e-4)
+    assert torch.allclose(trainer.model_inference(images), zero_shot_logits(trainer, images, "ensemble"), atol=1e-4, rtol=1e-4)
 
 
 def test_cross_modal_batches_are_half_text(toy_root, tmp_path, tiny_path, monkeypatch):
