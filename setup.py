@@ -31,8 +31,15 @@ setup(
     extras_require={
         # what the tests exercise beyond the core: the Slurm path of fsclip-sweep (through
         # submitit's local executor), the plots of fsclip-results, and an independent check
-        # of the linear probe's logistic regression (scikit-learn)
-        "test": ["pytest>=7", "submitit>=1.5", "matplotlib>=3.7", "scikit-learn>=1.1"],
+        # of the linear probe's logistic regression (scikit-learn); the analysis figures of
+        # fsclip-explain (grad-cam, captum, pycocotools) and the OpenCLIP backbones (open_clip)
+        "test": ["pytest>=7", "submitit>=1.5", "matplotlib>=3.7", "scikit-learn>=1.1",
+                 "grad-cam>=1.5", "captum>=0.7", "pycocotools>=2.0.7", "open-clip-torch>=3.0"],
+        # fsclip-explain: Smooth Grad-CAM++ (grad-cam), Shapley values (captum), part masks
+        # (pycocotools) and the panels (matplotlib)
+        "explain": ["grad-cam>=1.5", "captum>=0.7", "pycocotools>=2.0.7", "matplotlib>=3.7"],
+        # backbones beyond OpenAI's CLIP: OpenCLIP, SigLIP/SigLIP2, EVA-CLIP, MetaCLIP
+        "openclip": ["open-clip-torch>=3.0"],
         "tensorboard": ["tensorboard"],
         "plots": ["matplotlib>=3.7"],
         "slurm": ["submitit>=1.5"],
@@ -43,6 +50,7 @@ setup(
             "fsclip-parse=fsclip.results:main",
             "fsclip-results=fsclip.results.cli:main",
             "fsclip-sweep=fsclip.sweep.cli:main",
+            "fsclip-explain=fsclip.explain.cli:main",
         ]
     },
 )
