@@ -1,5 +1,5 @@
 """Bad input train.py refuses: config values that cannot train (checked once after the merge in
-``fsclip.cli.setup_cfg``), and the messages for config files and plugins that fail to load.
+``fsclip.configure.setup_cfg``), and the messages for config files and plugins that fail to load.
 
 A learning rate, an epoch or iteration count, a batch size or an evaluation interval that is
 <= 0 would not fail cleanly: SAFE with ``ITERS 0`` logs zero-shot CLIP's accuracy as its own, a

@@ -189,7 +189,7 @@ def read_record(run_dir: str) -> Tuple[Optional[Flat], str]:
 def requested_config(argv: Sequence[str]) -> Tuple[Any, argparse.Namespace]:
     """The config ``train.py argv`` would run with (merged as train.py merges, nothing trained),
     and its parsed arguments. Loads the built-in trainers and datasets and ``--plugins``."""
-    from fsclip.cli import build_parser, load_plugins, setup_cfg
+    from fsclip.configure import build_parser, load_plugins, setup_cfg
 
     args = build_parser().parse_args(list(argv))
     load_plugins(args.plugins)
@@ -215,7 +215,7 @@ def flat_config(cfg: Any, args: Any = None) -> Flat:
 def default_flat() -> Flat:
     """Flat keys of the defaults (engine + every registered trainer's and dataset's extend_cfg)."""
     from fsclip.backend import get_cfg_default
-    from fsclip.cli import extend_cfg
+    from fsclip.configure import extend_cfg
 
     cfg = get_cfg_default()
     extend_cfg(cfg)

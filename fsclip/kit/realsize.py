@@ -99,7 +99,7 @@ def real_size_cfg(trainer: str, release: str, prec: str, root: str, weights_dir:
 
     ``cache_dir`` (default ``<root>/feature_cache``) is the feature cache, shared by the runs: a
     trainer's features are extracted once per release and precision."""
-    from fsclip.cli import extend_cfg
+    from fsclip.configure import extend_cfg
     from fsclip.engine.config import get_cfg_default
     from fsclip.protocol import resolve_max_epoch
 

@@ -230,7 +230,7 @@ def expand(grid: Grid, trainers: Dict[str, Any], cwd: Optional[str] = None) -> L
 def registered_trainers(plugins: Iterable[str] = ()) -> Dict[str, Any]:
     """The registered trainer classes by name (built-in trainers and ``plugins`` loaded)."""
     from fsclip.backend import TRAINER_REGISTRY
-    from fsclip.cli import load_plugins
+    from fsclip.configure import load_plugins
 
     load_plugins(list(plugins))
     return {name: TRAINER_REGISTRY.get(name) for name in TRAINER_REGISTRY.registered_names()}
