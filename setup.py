@@ -25,7 +25,8 @@ setup(
     python_requires=">=3.9",
     packages=find_packages(include=["fsclip", "fsclip.*"]) + ["fsclip.datasets", "fsclip.trainers"],
     package_dir={"fsclip.datasets": "datasets", "fsclip.trainers": "trainers"},
-    package_data={"fsclip.kit": ["weights/*.pt", "weights/*.md"],
+    package_data={"fsclip": ["template_pool.json"],
+                  "fsclip.kit": ["weights/*.pt", "weights/*.md", "prompts/*.json"],
                   "fsclip.results": ["reference/*.json"]},
     install_requires=read_requirements(),
     extras_require={

@@ -35,3 +35,16 @@ def get_templates(dataset_name: str, kind: str = "single") -> List[str]:
     if kind == "single":
         return [single]
     return list(getattr(cls, "templates", None) or [single])
+
+
+def template_pool() -> List[str]:
+    """The 180 templates of template mining (Lin et al., CVPR 2023), sorted; each with one ``{}``.
+
+    Shipped as data (``fsclip/template_pool.json``, with its source) so that a run's choice does
+    not depend on Python's hash seed, as the source's ``list(set(...))`` does.
+    """
+    import json
+    import os.path as osp
+
+    with open(osp.join(osp.dirname(osp.abspath(__file__)), "template_pool.json"), encoding="utf-8") as f:
+        return list(json.load(f)["templates"])

@@ -108,6 +108,26 @@ fewshot_main() {
     $PYTHON parse_test_res.py "$base"
 }
 
+# study_args SCRIPT "$@": a study script's DATASET SHOTS [CFG] into the variables dataset,
+#   shots and cfg (default rn50); STUDY_SHIFT is how many arguments to shift before the
+#   KEY VALUE options that go to every run.
+study_args() {
+    local script=$1
+    shift
+    dataset=${1:?usage: ${script} DATASET SHOTS [CFG] [KEY VALUE ...]}
+    shots=${2:?usage: ${script} DATASET SHOTS [CFG] [KEY VALUE ...]}
+    cfg=${3:-rn50}
+    STUDY_SHIFT=$(( $# < 3 ? $# : 3 ))
+}
+
+# study_report TITLE HEADER STEM LABEL=FOLDER ...: the study's table (printed, STEM.md) and bar
+#   chart (STEM.png) from the seeds of each folder (python -m fsclip.results.study)
+study_report() {
+    local title=$1 header=$2 stem=$3
+    shift 3
+    $PYTHON -m fsclip.results.study --title "$title" --header "$header" --out "$stem" "$@"
+}
+
 # fewshot_eval TRAINER DATASET SHOTS [CFG] [KEY VALUE ...]
 #   Re-evaluates trained runs (eval-only, e.g. another TRAINER.SAFE.BETA) into
 #   ${OUTPUT}/evaluation/DATASET/TRAINER/CFG_SHOTSshots${EVAL_TAG:+_EVAL_TAG}/seedS, under the

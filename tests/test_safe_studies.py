@@ -138,4 +138,5 @@ def test_layers_sh_end_to_end_on_the_kit(env):
         log = open(osp.join(folder, "seed1", "log.txt"), encoding="utf-8").read()
         assert f"TRAIN_LAYERS: {layers}" in log
         acc = float(re.findall(r"^\* accuracy: ([\d.]+)%$", log.split("Finish training")[1], re.M)[-1])
-        assert re.search(rf"^\| {re.escape(layers)} \| {acc:.2f} \+- 0\.00 \|$", out, re.M), out[-2000:]
+        assert re.search(rf"^\| {re.escape(layers)} \| {acc:.2f} \+- 0\.00 \| 1 \|$", out, re.M), out[-2000:]
+    assert osp.getsize(osp.join(env["OUTPUT"], "studies", "safe_layers_synth_shapes_micro_rn_2shots.png")) > 0

@@ -27,6 +27,10 @@ TRAIN_LAYERS (Sec. IV-D2, which layers to fine-tune): "attnpool" (SAFE; for a Vi
 "attnpool+layer4+layer3", ViT "last_two_blocks". G then ends before those layers (the feature
 cache keys on the split), AttnPool_O / AttnPool_F cover them (BatchNorm statistics frozen), and
 the grid trains one setting after another.
+
+TRAIN_CLASSIFIER (Fig. 8, "linear fine-tuning"): W_c (from FEATURES.PROMPTS, e.g. a CuPL file)
+trains together with AttnPool_F, rows kept unit (``fsclip.adapt.heads.HeadWithClassifier``); the
+saved model then holds W_c too, so it is per class. Settings train one after another.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ from torch import Tensor
 from yacs.config import CfgNode as CN
 
 from fsclip.adapt.extract import view_batches
-from fsclip.adapt.heads import DeeperHead, make_pooling_head
+from fsclip.adapt.heads import DeeperHead, HeadWithClassifier, make_pooling_head
 from fsclip.adapt.search import RunResult, grid_search, train_with_early_stopping
 from fsclip.adapt.stacked import (
     StackedAdamW, StackedHead, cross_entropy_per_setting, grid_search_stacked, train_stacked_with_early_stopping,
@@ -104,14 +108,42 @@ class SAFE(FrozenFeatureTrainer):
         # Layers fine-tuned (Sec. IV-D2): "attnpool" (SAFE), ResNet "attnpool+layer4",
         # "attnpool+layer4+layer3", ViT "last_block" (= "attnpool"), "last_two_blocks"
         s.TRAIN_LAYERS = "attnpool"
+        # Fig. 8's linear fine-tuning: also train W_c (initialised from FEATURES.PROMPTS)
+        s.TRAIN_CLASSIFIER = False
 
-    def build_method(self) -> None:
+    def build_split(self) -> None:
         self.n_extra = extra_stages(str(self.cfg.TRAINER.SAFE.TRAIN_LAYERS), self.visual)
         if self.n_extra:  # the split moves: G ends earlier (a cache space of its own), heads grow
             self.backbone_id = f"{self.backbone_id}|G-before-last-{self.n_extra + 1}-stages"
             self.head_o = self.make_head().requires_grad_(False).eval()
+
+    def build_method(self) -> None:
         self.head_f = self.make_head()  # AttnPool_F, starts as AttnPool_O
         self.register_model("attnpool_f", self.head_f, None, None)
+        self.classifier = None
+        if self.cfg.TRAINER.SAFE.TRAIN_CLASSIFIER:
+            if type(self) is not SAFE:
+                raise ConfigError(f"TRAINER.SAFE.TRAIN_CLASSIFIER is SAFE's (Fig. 8); {type(self).__name__} "
+                                  "keeps W_c frozen: set it to False")
+            self.classifier = HeadWithClassifier(nn.Identity(), self.text_weights).to(self.device)
+            self.register_model("classifier", self.classifier, None, None)
+
+    def per_class_state(self) -> bool:
+        return self.classifier is not None  # a trained W_c has a row per class (fsclip.model_dir)
+
+    def trainable(self) -> nn.Module:
+        """A fresh AttnPool_F (= AttnPool_O), with a trainable copy of W_c under TRAIN_CLASSIFIER."""
+        head = self.make_head()
+        return head if self.classifier is None else HeadWithClassifier(head, self.text_weights).to(self.device)
+
+    def weights_of(self, model: nn.Module) -> Tensor:
+        return model.unit_weight() if isinstance(model, HeadWithClassifier) else self.text_weights
+
+    def clip_logits(self, features: Tensor, weights: Optional[Tensor] = None) -> Tensor:
+        """Eq. (4) with W_c, or the trained W_c once there is one."""
+        if weights is None:
+            weights = self.text_weights if self.classifier is None else self.classifier.unit_weight()
+        return self.logit_scale * F.normalize(features.float(), dim=-1) @ weights.t()
 
     def make_head(self) -> nn.Module:
         """A trainable copy of the head of the TRAIN_LAYERS split (AttnPool_O's weights)."""
@@ -155,14 +187,19 @@ class SAFE(FrozenFeatureTrainer):
         val = self.features("val")[:, 0]
         self._val = (val, self.labels("val"), self.pooled(self.head_o, val))  # AttnPool_O(F) of val, fixed
         grid = {"lr": [float(x) for x in s.LRS], "weight_decay": [float(x) for x in s.WDS]}
-        way = "trained together" if s.GRID_BATCHED and not self.n_extra else "one after another"
+        batched = s.GRID_BATCHED and not self.n_extra and self.classifier is None  # stacked: pooling head only
+        way = "trained together" if batched else "one after another"
         print(f"SAFE: {len(s.LRS) * len(s.WDS)} settings x {s.ITERS} steps (batch {self.batch_size()}), "
               f"val every {s.EVAL_EVERY} steps, {way}")
-        if s.GRID_BATCHED and not self.n_extra:  # stacked copies exist for the pooling head only
+        if batched:
             best = grid_search_stacked(grid, self.train_stacked, int(s.GRID_MAX_STACK), keys=GRID_KEYS)
         else:
             best = grid_search(grid, self.train_one, keys=GRID_KEYS)
-        self.head_f.load_state_dict(best.state)
+        if self.classifier is None:
+            self.head_f.load_state_dict(best.state)
+        else:  # HeadWithClassifier's state: head.* and weight
+            self.head_f.load_state_dict({k[5:]: v for k, v in best.state.items() if k.startswith("head.")})
+            self.classifier.weight.data.copy_(best.state["weight"])
         self.log_choice("SAFE", lr=best.params["lr"], weight_decay=best.params["weight_decay"],
                         step=best.step, val_accuracy=best.val_acc, beta=float(s.BETA))
         self.safe_result = best
@@ -187,19 +224,19 @@ class SAFE(FrozenFeatureTrainer):
     def loss(self, head: torch.nn.Module, next_batch: Callable[[], Tuple[Tensor, Tensor]]) -> Tensor:
         """Cross-entropy of logit_scale * normalize(AttnPool_F(G(x))) W_c^T (per setting: [S])."""
         x, y = next_batch()
-        return cross_entropy_per_setting(self.clip_logits(head(x)), y)
+        return cross_entropy_per_setting(self.clip_logits(head(x), self.weights_of(head)), y)
 
     def val_accuracy(self, head: torch.nn.Module) -> Tensor:
         """Accuracy (%) on val of Eq. (3)-(4) with ``head`` as AttnPool_F (per setting: [S])."""
         val, val_y, pooled_o = self._val
         blended = self.cfg.TRAINER.SAFE.BETA * pooled_o + self.pooled(head, val)
-        return (self.clip_logits(blended).argmax(dim=-1) == val_y).float().mean(dim=-1) * 100
+        return (self.clip_logits(blended, self.weights_of(head)).argmax(dim=-1) == val_y).float().mean(dim=-1) * 100
 
     def train_one(self, params: Dict[str, float]) -> RunResult:
         """One setting: a fresh AttnPool_F = AttnPool_O, AdamW, cosine schedule, early stopping."""
         s = self.cfg.TRAINER.SAFE
         torch.manual_seed(max(self.cfg.SEED, 0))
-        head = self.make_head()
+        head = self.trainable()
         opt = adamw(head.parameters(), lr=params["lr"], weight_decay=params["weight_decay"])
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=int(s.ITERS))
         next_batch = self.batches()

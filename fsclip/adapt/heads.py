@@ -98,3 +98,21 @@ class DeeperHead(nn.Module):
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 m.eval()
         return self
+
+
+class HeadWithClassifier(nn.Module):
+    """A pooling head trained together with the text classifier W_c (SAFE's "linear fine-tuning"
+    of Fig. 8): ``weight`` [K, D] starts as W_c and its rows are renormalised where it is used
+    (:meth:`unit_weight`), so the logits stay CLIP's scaled cosine similarities and an untrained
+    copy gives exactly the frozen classifier's logits."""
+
+    def __init__(self, head: nn.Module, text_weights: Tensor) -> None:
+        super().__init__()
+        self.head = head
+        self.weight = nn.Parameter(text_weights.detach().clone().float())  # [K, D]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(x)  # pooled image features [B, D]
+
+    def unit_weight(self) -> Tensor:
+        return self.weight / self.weight.norm(dim=-1, keepdim=True)

@@ -1,8 +1,10 @@
 """The text classifier W_c of a method, from a prompt choice in its config.
 
 ``spec`` is ``classname`` (the bare class name), ``single`` (the dataset's CoOp template),
-``ensemble`` (the dataset's hand-engineered templates, Tip-Adapter's) or the path of a JSON file
-``{"<class name>": ["prompt", ...], ...}`` with prompts written per class (CuPL-style).
+``ensemble`` (the dataset's hand-engineered templates, Tip-Adapter's), ``mined`` (template
+mining: the templates of a 180-template pool with the best zero-shot accuracy on the few-shot
+train and val images, chosen by the trainer with :func:`mine_templates`) or the path of a JSON
+file ``{"<class name>": ["prompt", ...], ...}`` with prompts written per class (CuPL-style).
 """
 
 from __future__ import annotations
@@ -19,6 +21,40 @@ from fsclip.errors import ConfigError
 from fsclip.templates import get_templates
 
 KINDS = ("classname", "single", "ensemble")
+MINED = "mined"  # chosen from image features at build time (frozen-feature trainers only)
+
+
+def _not_here(spec: str) -> None:
+    if spec == MINED:
+        raise ConfigError("TRAINER.FEATURES.PROMPTS mined (template mining) needs the few-shot images' "
+                          "frozen features, which only the frozen-feature trainers (SAFE, Tip-Adapter, "
+                          "linear probe, ...) have; use classname, single, ensemble or a JSON file of "
+                          "prompts per class for this trainer")
+
+
+@torch.no_grad()
+def mine_templates(model: Any, classnames: Sequence[str], features: Tensor, labels: Tensor,
+                   pool: Sequence[str], k: int = 21, batch_size: int = 256) -> Tuple[List[str], List[float]]:
+    """Template mining (Lin et al., CVPR 2023): the ``k`` templates of ``pool`` whose single-template
+    zero-shot classifier is most accurate on ``features`` ``[N, D]`` (image features of the few-shot
+    train and val images; never the test set), best first, with their accuracies (%).
+
+    Ties keep the pool's order (the pool is sorted, so the choice is reproducible). The source
+    repository ships only the mined lists (chosen on 4-shot val images); this computes them.
+    """
+    if not 1 <= k <= len(pool):
+        raise ConfigError(f"TRAINER.FEATURES.MINED_TEMPLATES must be between 1 and {len(pool)} (the "
+                          f"pool's size), got {k}")
+    prompts = [t.format(name) for t in pool for name in classnames]
+    text = encode_text(model, prompts, batch_size=batch_size).float()
+    text = text / text.norm(dim=-1, keepdim=True)
+    text = text.reshape(len(pool), len(classnames), -1)  # [T, K, D]
+    f = features.float().to(text.device)
+    f = f / f.norm(dim=-1, keepdim=True)  # [N, D]
+    pred = torch.einsum("nd,tkd->tnk", f, text).argmax(dim=-1)  # [T, N]
+    acc = (pred == labels.to(text.device)[None]).float().mean(dim=1) * 100  # [T]
+    order = sorted(range(len(pool)), key=lambda i: (-float(acc[i]), i))[:k]
+    return [pool[i] for i in order], [float(acc[i]) for i in order]
 
 
 def read_class_prompts(path: str, classnames: Sequence[str]) -> List[List[str]]:
@@ -60,6 +96,7 @@ def read_class_prompts(path: str, classnames: Sequence[str]) -> List[List[str]]:
 
 def class_prompts(spec: str, dataset_name: str, classnames: Sequence[str]) -> List[List[str]]:
     """The prompts of each class (in ``classnames`` order) that ``spec`` stands for."""
+    _not_here(spec)
     if spec in KINDS:
         templates = get_templates(dataset_name, spec)
         return [[t.format(name) for t in templates] for name in classnames]
@@ -69,6 +106,7 @@ def class_prompts(spec: str, dataset_name: str, classnames: Sequence[str]) -> Li
 @torch.no_grad()
 def prompt_classifier(model: Any, spec: str, dataset_name: str, classnames: Sequence[str]) -> Tensor:
     """``[K, D]`` float32 class weights, each row the normalised mean of normalised prompt features."""
+    _not_here(spec)
     if spec in KINDS:
         return text_classifier(model, classnames, get_templates(dataset_name, spec)).float()
     rows = []

@@ -25,15 +25,17 @@ from yacs.config import CfgNode as CN
 from fsclip.backend import TrainerX
 from fsclip.clip.loader import load_clip_from_cfg
 from fsclip.clip.precision import PrecisionChecks, autocast, effective_precision
+from fsclip.clip.text import text_classifier
 from fsclip.engine.data.transforms import build_transform
 from fsclip.engine.data.base import empty_split_message
 from fsclip.engine.utils import count_num_param
 from fsclip.errors import ConfigError, DataError
+from fsclip.templates import template_pool
 
 from .cache import cache_from_cfg, fingerprint_tensors
 from .extract import describe_transform, extract_views, impaths_of, labels_of
 from .heads import make_pooling_head, trunk_forward, trunk_kind
-from .prompts import prompt_classifier
+from .prompts import MINED, mine_templates, prompt_classifier
 from .search import TrainingDivergedError
 
 STORE_DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
@@ -63,8 +65,12 @@ def add_features_cfg(cfg) -> None:
     f.DTYPE = "fp16"
     # Trunk precision: fp16 (CUDA; fp32 on a CPU unless FSCLIP_CPU_HALF=1), fp32 or amp
     f.PREC = "fp16"
-    # Text classifier W_c: classname, single, ensemble, or a JSON file of prompts per class
+    # Text classifier W_c: classname, single, ensemble, mined (template mining), or a JSON file
+    # of prompts per class (CuPL-style)
     f.PROMPTS = "ensemble"
+    # Templates kept by PROMPTS mined: the best of the 180-template pool by zero-shot accuracy on
+    # the few-shot train and val images (Lin et al. keep 21)
+    f.MINED_TEMPLATES = 21
 
 
 class FrozenFeatureTrainer(PrecisionChecks, TrainerX):
@@ -85,8 +91,9 @@ class FrozenFeatureTrainer(PrecisionChecks, TrainerX):
         self.visual = self.clip_model.visual
         self.classnames = list(self.dm.dataset.classnames)
         print(f"Text classifier W_c from prompts: {fc.PROMPTS}")
-        self.text_weights = prompt_classifier(self.clip_model, fc.PROMPTS, cfg.DATASET.NAME,
-                                              self.classnames).to(self.device)  # [K, D] unit rows
+        if fc.PROMPTS != MINED:  # mined templates need the image features (below)
+            self.text_weights = prompt_classifier(self.clip_model, fc.PROMPTS, cfg.DATASET.NAME,
+                                                  self.classnames).to(self.device)  # [K, D] unit rows
         self.logit_scale = float(self.clip_model.logit_scale.exp().item())
         self.head_o = make_pooling_head(self.visual).to(self.device).requires_grad_(False).eval()  # AttnPool_O
         # the transforms the data loaders already use (Dassl's DataManager keeps them only there)
@@ -97,12 +104,31 @@ class FrozenFeatureTrainer(PrecisionChecks, TrainerX):
         self._test_allowed = False
         self._features: dict = {}
         self._global: dict = {}
+        self.build_split()
+        if fc.PROMPTS == MINED:
+            self.text_weights = self.mined_classifier(int(fc.MINED_TEMPLATES))
         self.build_method()
         n = sum(count_num_param(m) for m in self._models.values())
         print(f"# trainable params of {type(self).__name__}: {n:,}")
 
+    def build_split(self) -> None:
+        """Where G ends, when a method moves it (``trunk``, ``head_o``, ``backbone_id``); before
+        any feature is read. Default: CLIP's own split (the attention pool / last block)."""
+
     def build_method(self) -> None:
         raise NotImplementedError
+
+    def mined_classifier(self, k: int) -> Tensor:
+        """W_c from the ``k`` mined templates (template mining on the few-shot train and val images'
+        CLIP features, test-time views; ``fsclip.adapt.prompts.mine_templates``)."""
+        feats = torch.cat([self.global_features("train", augmented=False), self.global_features("val")])
+        labels = torch.cat([self.labels("train"), self.labels("val")])
+        self.mined_templates, accs = mine_templates(self.clip_model, self.classnames, feats, labels,
+                                                    template_pool(), k)
+        print(f"Template mining: kept {k} of {len(template_pool())} templates by zero-shot accuracy on "
+              f"{feats.shape[0]} few-shot train + val images ({accs[0]:.1f}% .. {accs[-1]:.1f}%): "
+              + " | ".join(self.mined_templates))
+        return text_classifier(self.clip_model, self.classnames, self.mined_templates).float().to(self.device)
 
     @staticmethod
     def _loader_transform(loader: Any) -> Any:
