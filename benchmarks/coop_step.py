@@ -14,7 +14,7 @@ fsclip: the batch's image features gathered from the cached views (``global_feat
 prompts at short context with the shared prefix run once (once per image for CoCoOp), the same
 loss and step. Both ways compute the same step on the same image features up to float rounding
 (the script checks the context's gradient agrees); only where the image features come from
-differs (a cached augmented view instead of a fresh one, see the README).
+differs (a cached augmented view instead of a fresh one, see docs/methods/prompt_learning.md).
 
 Printed: each component's time (median of ``--repeats`` after one warm-up), totals and ratios,
 with the short-context-only variant (no prefix sharing) to show each saving. CoCoOp's peak

@@ -6,7 +6,7 @@ import registries and base classes from here, never from ``dassl`` or ``fsclip.e
 directly, so they register into whichever engine runs them.
 
 Our LR scheduler builder and checkpoint loader are used in both cases: Dassl's break on
-current torch (see README, "Dassl compatibility").
+current torch (see docs/dassl.md).
 """
 
 from __future__ import annotations

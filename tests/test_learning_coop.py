@@ -7,7 +7,7 @@ Their kit configs initialise the context from "a photo of a" and the datasets' t
 (``ZeroshotCLIP``); each must also beat the template ensemble (``ZeroshotCLIP2``, the baseline
 of the frozen-feature methods' tests) by the same margin.
 MicroRN: the kit's default model, and CoOp's paper backbone is a ResNet (RN50); one model keeps
-the 24 runs within the suite's budget (the README gives MicroViT's figures, measured once).
+the 24 runs within the suite's budget (docs/methods/prompt_learning.md gives MicroViT's figures, measured once).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 on both synthetic datasets with MicroRN (mean of seeds 1-3, see tests/kit_learning.py), and
 VT-CLIP also with MicroViT.
 
-CALIP is training-free: its runs are in the MicroRN table (printed with ``-s``) for the README,
+CALIP is training-free: its runs are in the MicroRN table (printed with ``-s``) for docs/methods/vtclip_calip.md,
 without an assertion. The micro-CLIPs were pretrained through a global pooling only, and on
 the kit the betas CALIP's val search picks leave it at zero-shot accuracy.
 """
