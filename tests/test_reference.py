@@ -282,3 +282,37 @@ def test_row_patterns_tell_shallow_from_deep_configs(tmp_path):
     assert deep.mean == pytest.approx(80.0) and deep.published == 92.34
     shallow = _row(t16, "VPT-CLIP-Shallow vs VPT_CLIP/vit_b16_shallow")["EuroSAT"]
     assert shallow.mean == pytest.approx(70.0) and shallow.published == 79.33
+
+
+def test_base2new_reference_averages_base_and_new_over_its_datasets(tmp_path):
+    """promptsrc_base2new_avg: ours is base and new averaged over the 11 datasets, H of the two
+    averages (CoCoOp's H); empty until every dataset ran. Hand-worked: base 82, 83, 84 (mean 83)
+    and new 60, 61, 62 (mean 61) on every dataset -> H = 2 * 83 * 61 / 144 = 70.319."""
+    from results_tree import seed_runs, zero_shot
+
+    ref = load("promptsrc_base2new_avg")
+    assert ref.kind == "base2new" and len(ref.average_over) == 11
+
+    def runs(datasets):
+        for d in datasets:
+            for side, accs, eval_only in (("train_base", [82.0, 83.0, 84.0], False), ("test_new", [60.0, 61.0, 62.0], True)):
+                seed_runs(str(tmp_path / "base2new" / side / d / "CoOp" / "vit_b16_16shots"), accs, "CoOp", "vit_b16",
+                          d, eval_only=eval_only)
+            for side, acc in (("train_base", 70.0), ("test_new", 75.0)):
+                zero_shot(str(tmp_path / "base2new" / side / d / "ZeroshotCLIP" / "vit_b16"), acc, d, "vit_b16")
+
+    runs(ref.average_over[:10])
+    (t,) = compare(collect_runs(str(tmp_path)), ref)
+    assert t.columns == ["Base", "New", "H"]
+    assert _row(t, "CoOp vs CoOp")["Base"].ours is None  # UCF101 not run yet
+    assert _row(t, "MaPLe")["H"].published == 78.55  # a published-only row
+    runs(ref.average_over[10:])
+    (t,) = compare(collect_runs(str(tmp_path)), ref)
+    coop = _row(t, "CoOp vs CoOp")
+    assert coop["Base"].mean == pytest.approx(83.0) and coop["Base"].diff == pytest.approx(83.0 - 82.69)
+    assert coop["New"].mean == pytest.approx(61.0) and coop["New"].flags == [">1pt", ">2std"]  # -2.22, std 0.82
+    assert coop["H"].mean == pytest.approx(2 * 83 * 61 / 144) and coop["H"].published == 71.66
+    clip = _row(t, "CLIP vs ZeroshotCLIP")
+    assert clip["Base"].mean == pytest.approx(70.0) and clip["H"].mean == pytest.approx(2 * 70 * 75 / 145)
+    code, out = run_cli([tmp_path, "--reference", "promptsrc_base2new_avg"])
+    assert code == 0 and "CoOp vs CoOp" in out and "71.66" in out

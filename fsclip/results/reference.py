@@ -10,7 +10,10 @@ printed and the fsclip ``trainer`` it corresponds to (null: no fsclip trainer), 
 
 Kinds: ``fewshot`` (method x dataset, one table per shot count, zero-shot rows in each; by
 default the shot counts the user ran, else all; ``--shots`` picks them, run or not),
-``ood`` (trained on ``source_dataset``, tested on the shifted targets; one table per backbone)
+``ood`` (trained on ``source_dataset``, tested on the shifted targets; one table per backbone),
+``base2new`` (CoCoOp's protocol: columns ``base``, ``new``, ``hm``, each row the averages over
+``average_over``; ours: base and new averaged over the same datasets, H of the two averages, as
+CoCoOp computes it; the self-check asserts that each printed H is the harmonic mean of its row)
 and ``ablation`` (published only: no fsclip run maps to its settings).
 
 A comparison cell reads ``ours / paper (diff)``: the user's mean +- spread over seeds, the
@@ -32,13 +35,14 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from fsclip.errors import ConfigError
 
-from .cells import Cell, average_cell, seed_cell
+from .cells import Cell, average_cell, h_cell, seed_cell
 from .names import dataset_label, matches, method_labels
-from .parse import EVAL, FEWSHOT, OOD, ZEROSHOT, RunRecord, summarize
+from .parse import B2N_BASE, B2N_NEW, EVAL, FEWSHOT, OOD, ZEROSHOT, RunRecord, summarize
 from .render import latex_escape
 
 DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "reference")
-KINDS = ("fewshot", "ood", "ablation")
+KINDS = ("fewshot", "ood", "ablation", "base2new")
+B2N_COLUMNS = ["base", "new", "hm"]
 ROW_FIELDS = ("method", "paper", "table", "backbone", "shots", "protocol", "values")
 AVERAGE_TOLERANCE = 0.011  # a printed average vs the mean of its printed (rounded) cells
 FLAG_POINTS = 1.0
@@ -138,7 +142,15 @@ def self_check(ref: RefTable) -> List[str]:
                 problems.append(f"{where}: column {col!r} is not in the table's columns")
             if not 0.0 <= v <= 100.0:
                 problems.append(f"{where} / {col}: {v} is not a percentage")
-        if ref.average_only:
+        if ref.kind == "base2new":
+            if ref.columns != B2N_COLUMNS or set(row.values) != set(B2N_COLUMNS):
+                problems.append(f"{where}: a base2new table has the columns base, new, hm")
+                continue
+            b, n = row.values["base"], row.values["new"]
+            if abs(2 * b * n / (b + n) - row.values["hm"]) > AVERAGE_TOLERANCE:
+                problems.append(f"{where}: printed H {row.values['hm']} but base {b} and new {n} "
+                                f"give {2 * b * n / (b + n):.3f}")
+        elif ref.average_only:
             if row.average is None or row.values or len(ref.average_over) < 2:
                 problems.append(f"{where}: an average-only table needs average_over and each "
                                 "row's average (no values)")
@@ -157,9 +169,10 @@ def self_check(ref: RefTable) -> List[str]:
 def listing() -> str:
     """``fsclip-results --reference`` without a name: one line per shipped table."""
     lines = ["Published tables (fsclip-results OUTPUT --reference NAME):"]
-    for name in available():
-        ref = load(name)
-        lines.append(f"  {name:<15} {ref.title}")
+    names = available()
+    width = max((len(n) for n in names), default=0)
+    for name in names:
+        lines.append(f"  {name:<{width}}  {load(name).title}")
     return "\n".join(lines)
 
 
@@ -284,7 +297,8 @@ def compare(records: Sequence[RunRecord], ref: RefTable, *, ci95: bool = False,
     labels = [dataset_label(c) for c in ref.columns]
     spread = "ci95" if ci95 else "std"
     ds.update({c: mapping.get(c, c) for c in ref.average_over})
-    common = [c for c in ref.columns or ref.average_over if ds[c] in runs.datasets]
+    over = ref.average_over if ref.kind == "base2new" else (ref.columns or ref.average_over)
+    common = [c for c in over if ds[c] in runs.datasets]
     notes = [f"Published: {ref.source}; {ref.paper}.",
              f"Cells: ours (mean ± {spread} over seeds) / published (ours - published); a bold "
              "difference is larger than 1 point or than 2 std of our seeds; an empty side: "
@@ -304,6 +318,8 @@ def compare(records: Sequence[RunRecord], ref: RefTable, *, ci95: bool = False,
         cols = [dataset_label(c) for c in ref.columns]
         return [Comparison(ref.name, f"{ref.title} (published only: an ablation)",
                            ref.row_header, cols, rows, notes[:1])]
+    if ref.kind == "base2new":
+        return [_base2new(runs, ref, ds, ci95, notes)]
     out = []
     if ref.kind == "fewshot":
         with_avg = ref.has_average
@@ -355,6 +371,30 @@ def compare(records: Sequence[RunRecord], ref: RefTable, *, ci95: bool = False,
             out.append(Comparison(f"reference_{ref.name}_{_slug(backbone)}",
                                   f"{ref.title}: {backbone}", "Method", labels, rows, notes))
     return out
+
+
+def _base2new(runs: "_Runs", ref: RefTable, ds: Dict[str, str], ci95: bool,
+              notes: List[str]) -> Comparison:
+    """Base / new / H averaged over ``average_over`` (ours empty unless every dataset ran)."""
+    rows = []
+    for r in ref.rows:
+        for name in runs.names_of(r, B2N_BASE, r.shots) or [None]:
+            if name is None:
+                ours: List[Optional[Cell]] = [None, None, None]
+            else:
+                sides = []
+                for side in (B2N_BASE, B2N_NEW):
+                    cells = [runs.cell(side, name, ds[c], r.shots, ci95) for c in ref.average_over]
+                    sides.append(None if any(c is None for c in cells) else average_cell(cells, ci95))  # type: ignore[arg-type]
+                hm = None if None in sides else h_cell(sides[0], sides[1])  # type: ignore[arg-type]
+                ours = [sides[0], sides[1], hm]
+            label = r.method if name is None else f"{r.method} vs {runs.labels[name]}"
+            rows.append((label, [compared(o, r.values.get(c)) for o, c in zip(ours, B2N_COLUMNS)]))
+    shots = sorted({r.shots for r in ref.rows if r.shots})
+    return Comparison(f"reference_{ref.name}", f"{ref.title}" + (f": {shots[0]} shots" if len(shots) == 1 else ""),
+                      "Method", ["Base", "New", "H"], rows,
+                      notes + [f"Base and new: averages over {len(ref.average_over)} datasets; H: the "
+                               "harmonic mean of the two averages."])
 
 
 def _slug(text: str) -> str:
