@@ -45,3 +45,35 @@ def test_resnet_stages_are_the_residual_layers_and_the_pools_values():
     assert torch.allclose(feats["layer1"], l1) and torch.allclose(feats["layer4"], l4)
     assert torch.allclose(feats["attnpool"], v, atol=1e-6)
     assert np.prod(feats["layer1"].shape[2:]) > np.prod(feats["layer4"].shape[2:])
+
+
+@pytest.mark.parametrize("kit_cfg,stage", [("micro_rn", "attnpool"), ("micro_vit", None)])
+def test_safe_s_trained_visual_hook_puts_attnpool_f_in_the_encoder(kit_root, kit_cache, tmp_path, kit_cfg, stage):
+    """SAFE's ``trained_visual``: the encoder with AttnPool_F (ViT: the fine-tuned last block); an
+    untouched AttnPool_F gives CLIP's features, a changed one changes the pooled stage only, and
+    CLIP's own encoder is left as it was."""
+    import contextlib
+    import io
+
+    from kit_learning import kit_trainer
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        t = kit_trainer("SAFE", "synth_shapes", kit_root, kit_cache, str(tmp_path), 1, kit_cfg, 1,
+                        ["TRAINER.SAFE.ITERS", 1, "TRAINER.SAFE.EVAL_EVERY", 1, "TRAINER.SAFE.LRS", "[0.0]"])
+    images = torch.randn(2, 3, *t.cfg.INPUT.SIZE)
+    stages = default_stages(t.visual)
+    stage = stage or stages[-1]  # ViT: the last block is the fine-tuned one
+    before = dense_features(t.visual, images, stages)
+    same = dense_features(t.trained_visual(), images, stages)
+    for s in stages:
+        torch.testing.assert_close(same[s], before[s], rtol=1e-4, atol=1e-4)
+    with torch.no_grad():
+        for p in t.head_f.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    moved = dense_features(t.trained_visual(), images, stages)
+    assert not torch.allclose(moved[stage], before[stage], atol=1e-3)
+    for s in stages[:-1] if stage == stages[-1] else [x for x in stages if x != "attnpool"]:
+        torch.testing.assert_close(moved[s], before[s], rtol=1e-4, atol=1e-4)
+    again = dense_features(t.visual, images, stages)  # CLIP's encoder is unchanged
+    torch.testing.assert_close(again[stage], before[stage])
+    t.visual.float()(images)  # and still runs as CLIP's encoder

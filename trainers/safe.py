@@ -44,7 +44,7 @@ from torch import Tensor
 from yacs.config import CfgNode as CN
 
 from fsclip.adapt.extract import view_batches
-from fsclip.adapt.heads import DeeperHead, HeadWithClassifier, make_pooling_head
+from fsclip.adapt.heads import DeeperHead, HeadWithClassifier, encoder_with_head, make_pooling_head
 from fsclip.adapt.search import RunResult, grid_search, train_with_early_stopping
 from fsclip.adapt.stacked import (
     StackedAdamW, StackedHead, cross_entropy_per_setting, grid_search_stacked, train_stacked_with_early_stopping,
@@ -144,6 +144,13 @@ class SAFE(FrozenFeatureTrainer):
         if weights is None:
             weights = self.text_weights if self.classifier is None else self.classifier.unit_weight()
         return self.logit_scale * F.normalize(features.float(), dim=-1) @ weights.t()
+
+    def trained_visual(self) -> Any:
+        """Hook (``fsclip.explain``): the image encoder with AttnPool_F as its pooling layer."""
+        if self.n_extra:
+            raise ConfigError("fsclip-explain walks the image encoder of SAFE's own split only: this run "
+                              f"trained TRAINER.SAFE.TRAIN_LAYERS {self.cfg.TRAINER.SAFE.TRAIN_LAYERS}")
+        return encoder_with_head(self.visual, self.head_f)
 
     def make_head(self) -> nn.Module:
         """A trainable copy of the head of the TRAIN_LAYERS split (AttnPool_O's weights)."""

@@ -116,3 +116,22 @@ class HeadWithClassifier(nn.Module):
 
     def unit_weight(self) -> Tensor:
         return self.weight / self.weight.norm(dim=-1, keepdim=True)
+
+
+def encoder_with_head(visual: Any, head: nn.Module) -> Any:
+    """CLIP's image encoder with ``head`` (a pooling head of :func:`make_pooling_head`) in place of
+    its own pooling layer (ViT: the last block, ``ln_post`` and ``proj``), sharing every other
+    module with ``visual``, which is left unchanged. For tools that walk the encoder's stages
+    (``fsclip.explain``'s correspondence) on a fine-tuned model."""
+    v = copy.copy(visual)
+    v._modules, v._parameters = v._modules.copy(), v._parameters.copy()  # own slots, shared modules
+    if isinstance(head, ViTPoolingHead):
+        v.transformer = copy.copy(visual.transformer)
+        v.transformer._modules = v.transformer._modules.copy()
+        v.transformer.resblocks = nn.Sequential(*list(visual.transformer.resblocks)[:-1], head.block)
+        v.ln_post, v.proj = head.ln_post, head.proj
+    elif isinstance(head, AttnPoolHead):
+        v.attnpool = head.attnpool
+    else:
+        raise TypeError(f"encoder_with_head: {type(head).__name__} is not a pooling head of make_pooling_head")
+    return v

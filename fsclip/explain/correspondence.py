@@ -14,8 +14,9 @@ and the predicted target point is the centre of the cell argmax_q s(q) (Fig. 3).
 * ViT: ``block<k>`` (1-based), the patch tokens after block k reshaped to the grid (default:
   four blocks evenly spaced up to the last).
 
-The features are the subject's CLIP image encoder (for SAFE: the frozen trunk; its stages are
-CLIP's). Images: ``--images A B``, or with ``--dataset`` the first image of the seeded draw and
+The features are the subject's image encoder: its trainer's ``trained_visual()`` hook where it
+has one (SAFE: the frozen trunk with the fine-tuned AttnPool_F, or the fine-tuned last ViT
+block, in place of CLIP's), else CLIP's. Images: ``--images A B``, or with ``--dataset`` the first image of the seeded draw and
 another image of its class. ``--point X Y``: the source point in image A's model-input pixels
 (default: the centre). Writes ``correspondence.png``, ``.npz`` (heat maps) and ``.json``.
 """
@@ -83,7 +84,7 @@ def dense_features(visual: Any, images: Any, stages: Sequence[str]) -> Dict[str,
             want = {int(s[len("block"):]): s for s in stages}
             x = vit_embed(visual, images).permute(1, 0, 2)  # [L, B, width], sequence-first as CLIP's blocks
             for k, block in enumerate(visual.transformer.resblocks, start=1):
-                x = block(x)
+                x = block(x.to(block.ln_1.weight.dtype))  # a fine-tuned block is float32
                 if k in want:
                     t = x.permute(1, 0, 2)[:, 1:].float()  # [B, HW, width]
                     side = int(round(t.shape[1] ** 0.5))
@@ -167,13 +168,15 @@ def run(args: Any) -> int:
             if not (0 <= point[0] < W and 0 <= point[1] < H):
                 raise ConfigError(f"--point {point[0]:g} {point[1]:g} is outside image A's {W}x{H} model input")
             display_a = images.display[0]
-        stages = check_stages(s.visual, args.stages) if args.stages else default_stages(s.visual)
+        hook = getattr(s.trainer, "trained_visual", None)
+        visual = hook() if callable(hook) else s.visual  # the fine-tuned encoder where there is one
+        stages = check_stages(visual, args.stages) if args.stages else default_stages(visual)
         if rows is None:
             rows = stages
         elif stages != rows:
             raise ConfigError(f"the models have different stages ({' '.join(rows)} / {' '.join(stages)}): pass "
                               f"--stages, or models of one architecture")
-        feats = dense_features(s.visual, images.tensor, stages)
+        feats = dense_features(visual, images.tensor, stages)
         sims, targets = [], []
         for stage in stages:
             f = feats[stage]
