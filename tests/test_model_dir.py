@@ -105,7 +105,7 @@ def test_other_class_count_is_one_error_line_not_a_size_mismatch(world, capsys):
     shutil.copytree(osp.join(world.base, "tip_A"), old)
     os.remove(osp.join(old, CLASSNAMES_FILE))
     line = refused(world, world.eval_argv("TipAdapter", "tip_A_old", "ev_C_old", data="C"), "ev_C_old", capsys)
-    assert "Tip-Adapter cache in" in line and "values for 3 classes" in line and "evaluates 2 classes" in line
+    assert "TipAdapter model in" in line and "scores 3 classes" in line and "evaluates 2 classes" in line
     assert "cannot verify" in world.log("ev_C_old")
 
 
@@ -249,3 +249,22 @@ def test_a_saved_model_that_does_not_fit_is_one_config_error(tmp_path):
     with pytest.raises(ConfigError, match=r"saved head in .*model\.pth\.tar-3 does not fit this run's head: "
                                           r"size mismatch for weight.*torch\.Size\(\[3, 4\]\)"):
         Holder().load_model(str(tmp_path))
+
+
+@pytest.mark.parametrize("trainer", ["TipAdapter", "SAFE_A", "GDA", "ProKeR"])
+def test_saved_class_count_reads_the_class_axis_of_the_per_class_state(trainer, kit_root, kit_cache, tmp_path):
+    """The load-time check (FrozenFeatureTrainer.load_model) compares this with the run's classes:
+    it must be the class axis (10 for SynthShapes), not the number of cached samples (20 at 2 shots)."""
+    import contextlib
+    import io
+
+    from kit_learning import kit_trainer
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        quick = ["TRAINER.TIP.SEARCH_STEP", "[2, 2]", "TRAINER.TIP.EPOCHS", 1]
+        t = kit_trainer(trainer, "synth_shapes", kit_root, kit_cache, str(tmp_path), 1, "micro_rn", 2,
+                        quick + ["TRAINER.SAFE.ITERS", 1, "TRAINER.SAFE.EVAL_EVERY", 1, "TRAINER.SAFE.LRS", "[0.0]",
+                                 "TRAINER.SAFE.WDS", "[0.0]"] if trainer == "SAFE_A" else
+                        quick if trainer == "TipAdapter" else [])
+        t.fit()
+    assert t.saved_class_count() == len(t.classnames) == 10

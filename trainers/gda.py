@@ -21,7 +21,6 @@ cosine, ours CLIP's logit scale (100 for the released CLIPs). alpha = 0 is zero-
 
 from __future__ import annotations
 
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -55,16 +54,6 @@ def support_views(trainer: FrozenFeatureTrainer, views: int):
     return feats[:, :v].flatten(0, 1), trainer.labels("train").repeat_interleave(v), v
 
 
-def check_classes(trainer: FrozenFeatureTrainer, saved: int, directory: str) -> None:
-    """A loaded head must score this run's classes (one ConfigError, not a shape error later)."""
-    mine = len(trainer.classnames)
-    if saved != mine:
-        raise ConfigError(
-            f"The {type(trainer).__name__} model in {directory} scores {saved} classes but this run evaluates "
-            f"{mine} classes of {trainer.cfg.DATASET.NAME}: evaluate it on the classes it was built on, or "
-            f"run {type(trainer).__name__} on these classes")
-
-
 @TRAINER_REGISTRY.register()
 class GDA(FrozenFeatureTrainer):
     """Training-free GDA: a shared-covariance linear discriminant blended with zero-shot CLIP."""
@@ -86,10 +75,8 @@ class GDA(FrozenFeatureTrainer):
         self.head = GDAHead(len(self.classnames), self.text_weights.shape[1]).to(self.device)
         self.register_model("gda", self.head, None, None)
 
-    def load_model(self, directory: str, epoch: Optional[int] = None) -> None:
-        super().load_model(directory, epoch)
-        if directory:
-            check_classes(self, self.head.weight.shape[0], directory)
+    def saved_class_count(self) -> int:
+        return self.head.weight.shape[0]
 
     def fit(self) -> None:
         g = self.cfg.TRAINER.GDA

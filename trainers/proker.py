@@ -23,7 +23,6 @@ VIEWS (the code's README: --augment-epoch) for large datasets.
 
 from __future__ import annotations
 
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -37,7 +36,7 @@ from fsclip.adapt.trainer import FrozenFeatureTrainer
 from fsclip.backend import TRAINER_REGISTRY
 from fsclip.errors import ConfigError
 
-from .gda import check_classes, support_views
+from .gda import support_views
 
 
 class ProKeRHead(ClosedFormState):
@@ -89,10 +88,8 @@ class ProKeR(FrozenFeatureTrainer):
         self.head = ProKeRHead(n, self.text_weights.shape[1], len(self.classnames)).to(self.device)
         self.register_model("proker", self.head, None, None)
 
-    def load_model(self, directory: str, epoch: Optional[int] = None) -> None:
-        super().load_model(directory, epoch)
-        if directory:
-            check_classes(self, self.head.alpha.shape[1], directory)
+    def saved_class_count(self) -> int:
+        return self.head.alpha.shape[1]
 
     def fit(self) -> None:
         p = self.cfg.TRAINER.PROKER

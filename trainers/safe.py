@@ -56,7 +56,7 @@ from fsclip.clip.features import is_vit, vit_tokens
 from fsclip.engine.optim import adamw
 from fsclip.errors import ConfigError
 
-from .tip_adapter import add_tip_cfg, check_cache_classes
+from .tip_adapter import add_tip_cfg
 
 GRID_KEYS = {"lr": "TRAINER.SAFE.LRS", "weight_decay": "TRAINER.SAFE.WDS"}
 # TRAINER.SAFE.TRAIN_LAYERS -> (architecture, trunk stages moved into the head; None: either)
@@ -280,10 +280,8 @@ class SAFE_A(SAFE):
         self.adapter = CacheAdapter(n_keys, self.text_weights.shape[1], len(self.classnames)).to(self.device)
         self.register_model("cache_adapter", self.adapter, None, None)
 
-    def load_model(self, directory: str, epoch: Optional[int] = None) -> None:
-        super().load_model(directory, epoch)
-        if directory:
-            check_cache_classes(self, directory)
+    def saved_class_count(self) -> int:
+        return self.adapter.values.shape[1]  # the cache's one-hot values
 
     def fit(self) -> None:
         self.fit_safe()

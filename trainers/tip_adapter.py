@@ -15,7 +15,6 @@ L2-normalised (``fsclip.adapt.tip.cache_keys_from_views``).
 
 from __future__ import annotations
 
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +24,6 @@ from yacs.config import CfgNode as CN
 from fsclip.adapt.tip import CacheAdapter, fit_cache_adapter
 from fsclip.adapt.trainer import FrozenFeatureTrainer
 from fsclip.backend import TRAINER_REGISTRY
-from fsclip.errors import ConfigError
 
 
 def add_tip_cfg(cfg) -> None:
@@ -48,18 +46,6 @@ def add_tip_cfg(cfg) -> None:
     t.BATCH_SIZE = 256
 
 
-def check_cache_classes(trainer, directory: str) -> None:
-    """A loaded cache (it takes the saved size, e.g. ImageNet's for ImageNet-V2) must score this
-    run's classes: else one ConfigError, not a tensor-size error at the first test batch."""
-    saved, mine = trainer.adapter.values.shape[1], len(trainer.classnames)
-    if saved != mine:
-        raise ConfigError(
-            f"The Tip-Adapter cache in {directory} has values for {saved} classes but this run evaluates "
-            f"{mine} classes of {trainer.cfg.DATASET.NAME}: a cache scores the classes it was built on. "
-            f"Evaluate it on those classes (DATASET.NAME, DATASET.SUBSAMPLE_CLASSES, the same class folders), "
-            f"or train {type(trainer).__name__} on these classes")
-
-
 @TRAINER_REGISTRY.register()
 class TipAdapter(FrozenFeatureTrainer):
     """Training-free Tip-Adapter on frozen CLIP features."""
@@ -78,10 +64,8 @@ class TipAdapter(FrozenFeatureTrainer):
         self.adapter = CacheAdapter(n_keys, self.text_weights.shape[1], len(self.classnames)).to(self.device)
         self.register_model("cache_adapter", self.adapter, None, None)
 
-    def load_model(self, directory: str, epoch: Optional[int] = None) -> None:
-        super().load_model(directory, epoch)
-        if directory:
-            check_cache_classes(self, directory)
+    def saved_class_count(self) -> int:
+        return self.adapter.values.shape[1]  # the cache's one-hot values
 
     def image_features(self, dense: Tensor) -> Tensor:
         """Eq. 5/7: the frozen pooled feature AttnPool_O(G(x)), [B, D]."""

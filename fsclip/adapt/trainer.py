@@ -283,6 +283,23 @@ class FrozenFeatureTrainer(PrecisionChecks, TrainerX):
         """The uncached path: logits straight from images (same result as the cached path)."""
         return self.logits_from_dense(self.trunk(images))
 
+    def saved_class_count(self) -> Optional[int]:
+        """How many classes the loaded per-class state scores (None: the method keeps none)."""
+        return None
+
+    def load_model(self, directory: str, epoch: Optional[int] = None) -> None:
+        """Dassl's loading, then: per-class state loaded from ``directory`` (it takes the saved size,
+        e.g. ImageNet's for ImageNet-V2) must score this run's classes: one ConfigError, not a
+        tensor-size error at the first test batch."""
+        super().load_model(directory, epoch)
+        saved, mine = self.saved_class_count(), len(self.classnames)
+        if directory and saved is not None and saved != mine:
+            name = type(self).__name__
+            raise ConfigError(
+                f"The {name} model in {directory} scores {saved} classes but this run evaluates {mine} classes "
+                f"of {self.cfg.DATASET.NAME}: evaluate it on the classes it was built on (DATASET.NAME, "
+                f"DATASET.SUBSAMPLE_CLASSES, the same class folders), or train {name} on these classes")
+
     def log_choice(self, what: str, **params: Any) -> None:
         shown = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
         print(f"Chosen on val for {what}: {shown}")
