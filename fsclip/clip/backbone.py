@@ -251,7 +251,7 @@ def check_input_cfg(cfg: Any, backbone: Backbone) -> None:
         mean, std = norm
         given = (tuple(float(v) for v in cfg.INPUT.PIXEL_MEAN), tuple(float(v) for v in cfg.INPUT.PIXEL_STD))
         if any(abs(a - b) > 1e-4 for a, b in zip(given[0] + given[1], tuple(mean) + tuple(std))):
-            fmt = lambda v: "[" + ", ".join(f"{x:g}" for x in v) + "]"  # noqa: E731
+            fmt = lambda v: "[" + ", ".join(f"{x:.8g}" for x in v) + "]"  # noqa: E731
             raise ConfigError(
                 f"{backbone.name} was trained on images normalised with mean {fmt(mean)} and std {fmt(std)}, "
                 f"but INPUT.PIXEL_MEAN is {fmt(given[0])} and INPUT.PIXEL_STD {fmt(given[1])}: set "
