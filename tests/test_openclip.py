@@ -212,3 +212,45 @@ def test_train_py_prints_a_missing_openclip_file_as_one_error_line(toy_root, tmp
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("ERROR:")]
     assert len(lines) == 1 and "timm/ViT-B-16-SigLIP2" in lines[0] and "huggingface-cli download" in lines[0]
     assert lines[0] in (out / LOG_FILE).read_text()
+
+
+FAMILY = ("ZeroshotCLIP2", "LinearProbe", "TipAdapter", "TipAdapterF", "CrossModal", "LPPP", "GDA", "ProKeR", "CoOp")
+
+
+@pytest.mark.slow
+def test_the_frozen_feature_family_and_coop_run_on_the_kit_with_an_openclip_vit(kit_root, tmp_path):
+    """Each method's kit run (micro_vit configs, 4 shots, seed 1) on a tiny OpenCLIP ViT at the
+    kit's 128 px; random weights, so the accuracies only have to be accuracies, and the probe's
+    the best of them (it learns from features whose classes the random text side cannot name)."""
+    from kit_learning import run_kit
+
+    model, cfg = build_tiny_openclip("vit", seed=0, image_size=128)
+    paths = save_tiny_openclip(model, cfg, str(tmp_path), name="fsclip-test-kit-vit")
+    name = f"openclip:local-dir:{paths['dir']}"
+    acc = {m: run_kit(m, "synth_shapes", kit_root, str(tmp_path / "cache"), str(tmp_path / m), 1, "micro_vit",
+                      opts=["MODEL.BACKBONE.NAME", name]) for m in FAMILY}
+    assert all(0.0 <= a <= 100.0 for a in acc.values()), acc
+    assert acc["LinearProbe"] > acc["ZeroshotCLIP2"], acc
+
+
+@pytest.mark.realsize
+def test_a_real_size_openclip_vit_b16_runs_one_step(tmp_path):
+    """OpenCLIP's ViT-B-16 with random weights, saved and loaded as openclip:ViT-B-16:<file>: image
+    features, the trunk/head split, the text encoder and one prompt-learning step at 224 px."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = open_clip.create_model("ViT-B-16")
+    assert sum(p.numel() for p in model.parameters()) == 149_620_737  # as OpenAI's ViT-B/16
+    path = str(tmp_path / "vit_b16.bin")
+    torch.save(model.state_dict(), path)
+    bb = load_backbone(f"openclip:ViT-B-16:{path}", device=device, precision="fp32")
+    images = torch.randn(2, 3, 224, 224, device=device)
+    with torch.no_grad():
+        ref = bb.encode_image(images)
+        assert ref.shape == (2, 512) and bb.trunk(images).shape == (2, 197, 768)
+        torch.testing.assert_close(bb.pooling_head().to(device)(bb.trunk(images)), ref, rtol=1e-4, atol=1e-4)
+    learner = TextPromptLearner(bb, NAMES, n_ctx=16).to(device)
+    opt = torch.optim.SGD(learner.parameters(), lr=0.002)
+    logits = bb.logits(ref, F.normalize(learner.text_features(bb).float(), dim=-1))
+    F.cross_entropy(logits, torch.tensor([0, 1], device=device)).backward()
+    opt.step()
+    assert torch.isfinite(learner.ctx).all() and float(learner.ctx.grad.abs().sum()) > 0
