@@ -61,6 +61,9 @@ def encode_text(model: Any, texts: Texts, batch_size: int = 256) -> Tensor:
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     backbone = getattr(model, "is_backbone", False)
+    if not backbone and type(model).__module__.startswith("open_clip"):
+        raise TypeError("encode_text takes an OpenCLIP model through its backbone: "
+                        "fsclip.clip.families.as_backbone(model)")
     if not backbone and not texts:
         device = _text_device(model)
         return torch.empty(0, model.text_projection.shape[1], dtype=model.dtype, device=device)
