@@ -138,6 +138,7 @@ class CALIP(FrozenFeatureTrainer):
     """Training-free CALIP: parameter-free attention, betas (and alphas) chosen on val."""
 
     PER_CLASS_STATE = False  # betas, alphas (and CALIP-FS's projections) apply to any classes
+    backbone_needs = ("clip-internals",)  # F_s from CLIP's attention pool / ln_post and proj
 
     learnable = False
 

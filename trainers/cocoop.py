@@ -72,7 +72,7 @@ class CoCoOp(PromptLearningTrainer):
     def build_prompt_learner(self) -> TextPromptLearner:
         c = self.method_cfg
         vis_dim = self.text_weights.shape[1]  # CLIP's joint embedding size D
-        return ConditionalPromptLearner(self.clip_model, self.classnames, vis_dim, n_ctx=int(c.N_CTX),
+        return ConditionalPromptLearner(self.backbone, self.classnames, vis_dim, n_ctx=int(c.N_CTX),
                                         ctx_init=c.CTX_INIT)
 
     def eval_text_features(self) -> Optional[Tensor]:
@@ -82,6 +82,6 @@ class CoCoOp(PromptLearningTrainer):
         """Eq. (5) for a batch: ``[B, D] -> [B, K]``, K prompts per image."""
         f = F.normalize(image_features.float(), dim=-1)  # [B, D]
         ctx = self.prompt_learner.conditional_context(f)  # Eq. (4): [B, M, width]
-        w = self.prompt_learner.text_features(self.clip_model, ctx)  # [B, K, D]
+        w = self.prompt_learner.text_features(self.backbone, ctx)  # [B, K, D]
         w = F.normalize(w.float(), dim=-1)
         return self.logit_scale * torch.einsum("bd,bkd->bk", f, w)

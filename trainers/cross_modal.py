@@ -83,7 +83,7 @@ class CrossModal(FrozenFeatureTrainer):
         self.eval_alpha()  # a bad value fails before training
         text = None
         if self.text_samples:
-            text = prompt_features(self.clip_model, self.cfg.TRAINER.FEATURES.PROMPTS, self.cfg.DATASET.NAME,
+            text = prompt_features(self.backbone, self.cfg.TRAINER.FEATURES.PROMPTS, self.cfg.DATASET.NAME,
                                    self.classnames)
             text = (text[0].to(self.device), text[1].to(self.device))
             print(f"Text samples: {text[0].shape[0]} (prompt, class) pairs, {node.TEXT_RATIO:g} of each batch")

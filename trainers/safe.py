@@ -79,6 +79,7 @@ class SAFE(FrozenFeatureTrainer):
     """Fine-tune the attention pooling (or the last ViT block), blend with the original."""
 
     PER_CLASS_STATE = False  # AttnPool_F is an image-side layer; W_c is rebuilt from this run's classes
+    backbone_needs = ("clip-internals",)  # the stacked grid and deeper heads run OpenAI CLIP's modules
 
     @classmethod
     def extend_cfg(cls, cfg) -> None:

@@ -102,6 +102,7 @@ class VTCLIP(FrozenFeatureTrainer):
     """Text features refined per image by a visual-guided cross-attention module."""
 
     PER_CLASS_STATE = False  # attention blocks over any set of class texts (fsclip.model_dir)
+    backbone_needs = ("clip-internals",)  # V_s from CLIP's attention pool / ln_post and proj
 
     @classmethod
     def extend_cfg(cls, cfg) -> None:

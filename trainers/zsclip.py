@@ -2,7 +2,9 @@
 
 logits = logit_scale * normalize(f(x)) @ normalize(W)^T, where W holds one text feature per
 class: the encoded dataset template (``ZeroshotCLIP``) or the mean of the normalised encodings
-of the dataset's hand-engineered templates (``ZeroshotCLIP2``, the ensemble).
+of the dataset's hand-engineered templates (``ZeroshotCLIP2``, the ensemble). SigLIP models add
+their learned bias, ``logits + logit_bias``, and score each class by a sigmoid (the ranking of
+the classes, and so the accuracy, is the same).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from yacs.config import CfgNode as CN
 
 from fsclip.adapt.prompts import prompt_classifier
 from fsclip.backend import TRAINER_REGISTRY, TrainerX
-from fsclip.clip.loader import load_clip_from_cfg
+from fsclip.clip.families import load_backbone_from_cfg
 from fsclip.clip.precision import autocast, effective_precision
 
 
@@ -40,19 +42,17 @@ class ZeroshotCLIP(TrainerX):
         classnames = self.dm.dataset.classnames
         print(f"Loading CLIP (backbone: {cfg.MODEL.BACKBONE.NAME})")
         self.prec = effective_precision(cfg.TRAINER.ZSCLIP.PREC, self.device)
-        self.clip_model = load_clip_from_cfg(cfg, precision=self.prec, device=self.device)
+        self.backbone = load_backbone_from_cfg(cfg, precision=self.prec, device=self.device)
+        self.clip_model = self.backbone.model
         prompts = cfg.TRAINER.ZSCLIP.TEMPLATES or self.default_templates
         print(f"Prompts: {prompts}")
-        self.text_features = prompt_classifier(self.clip_model, prompts, cfg.DATASET.NAME, classnames)  # [K, D]
+        self.text_features = prompt_classifier(self.backbone, prompts, cfg.DATASET.NAME, classnames)  # [K, D]
 
     @torch.no_grad()
     def model_inference(self, image: torch.Tensor) -> torch.Tensor:
         with autocast(self.prec, self.device):
-            image_features = self.clip_model.encode_image(image).float()  # [B, D]
-        image_features = image_features / image_features.norm(dim=-1, keepdim=True)
-        logit_scale = self.clip_model.logit_scale.exp()
-        logits = logit_scale * image_features @ self.text_features.t().to(image_features.dtype)  # [B, K]
-        return self.restrict_logits(logits.float())
+            image_features = self.backbone.encode_image(image).float()  # [B, D]
+        return self.restrict_logits(self.backbone.logits(image_features, self.text_features))  # [B, K]
 
     def train(self) -> None:  # type: ignore[override]
         """Nothing to train: evaluate once, with the lines log parsers expect."""

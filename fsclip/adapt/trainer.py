@@ -23,7 +23,7 @@ from torch import Tensor
 from yacs.config import CfgNode as CN
 
 from fsclip.backend import TrainerX
-from fsclip.clip.loader import load_clip_from_cfg
+from fsclip.clip.families import load_backbone_from_cfg
 from fsclip.clip.precision import PrecisionChecks, autocast, effective_precision
 from fsclip.clip.text import text_classifier
 from fsclip.engine.data.transforms import build_transform
@@ -34,7 +34,6 @@ from fsclip.templates import template_pool
 
 from .cache import cache_from_cfg, fingerprint_tensors
 from .extract import describe_transform, extract_views, impaths_of, labels_of
-from .heads import make_pooling_head, trunk_forward, trunk_kind
 from .prompts import MINED, mine_templates, prompt_classifier
 from .search import TrainingDivergedError
 
@@ -74,7 +73,14 @@ def add_features_cfg(cfg) -> None:
 
 
 class FrozenFeatureTrainer(PrecisionChecks, TrainerX):
-    """Base class of SAFE, SAFE-A, Tip-Adapter(-F) and other frozen-trunk methods."""
+    """Base class of SAFE, SAFE-A, Tip-Adapter(-F) and other frozen-trunk methods.
+
+    The backbone (``fsclip.clip.backbone``) gives G (``trunk``), the pooling head and the text
+    classifier; a subclass names what else it needs of the encoder in ``backbone_needs``
+    (capabilities), checked once when the model is built.
+    """
+
+    backbone_needs: tuple = ()
 
     @classmethod
     def extend_cfg(cls, cfg) -> None:
@@ -86,16 +92,19 @@ class FrozenFeatureTrainer(PrecisionChecks, TrainerX):
         fc = cfg.TRAINER.FEATURES
         print(f"Loading CLIP (backbone: {cfg.MODEL.BACKBONE.NAME})")
         self.prec = effective_precision(fc.PREC, self.device)  # fp16, amp or fp32 (fsclip.clip.precision)
-        self.clip_model = load_clip_from_cfg(cfg, precision=self.prec, device=self.device)
+        self.backbone = load_backbone_from_cfg(cfg, precision=self.prec, device=self.device)
+        self.backbone.require(self.backbone_needs, str(cfg.TRAINER.NAME or type(self).__name__))
+        self.clip_model = self.backbone.model
         self.clip_model.requires_grad_(False)
-        self.visual = self.clip_model.visual
+        self.visual = self.backbone.visual
         self.classnames = list(self.dm.dataset.classnames)
         print(f"Text classifier W_c from prompts: {fc.PROMPTS}")
         if fc.PROMPTS != MINED:  # mined templates need the image features (below)
-            self.text_weights = prompt_classifier(self.clip_model, fc.PROMPTS, cfg.DATASET.NAME,
+            self.text_weights = prompt_classifier(self.backbone, fc.PROMPTS, cfg.DATASET.NAME,
                                                   self.classnames).to(self.device)  # [K, D] unit rows
-        self.logit_scale = float(self.clip_model.logit_scale.exp().item())
-        self.head_o = make_pooling_head(self.visual).to(self.device).requires_grad_(False).eval()  # AttnPool_O
+        self.logit_scale = self.backbone.logit_scale
+        self.logit_bias = self.backbone.logit_bias  # SigLIP; a constant shift of every class's logit
+        self.head_o = self.backbone.pooling_head().to(self.device).requires_grad_(False).eval()  # AttnPool_O
         # the transforms the data loaders already use (Dassl's DataManager keeps them only there)
         self.tfm_train = self._loader_transform(self.train_loader_x) or build_transform(cfg, is_train=True)
         self.tfm_test = self._loader_transform(self.test_loader) or build_transform(cfg, is_train=False)
@@ -123,12 +132,12 @@ class FrozenFeatureTrainer(PrecisionChecks, TrainerX):
         CLIP features, test-time views; ``fsclip.adapt.prompts.mine_templates``)."""
         feats = torch.cat([self.global_features("train", augmented=False), self.global_features("val")])
         labels = torch.cat([self.labels("train"), self.labels("val")])
-        self.mined_templates, accs = mine_templates(self.clip_model, self.classnames, feats, labels,
+        self.mined_templates, accs = mine_templates(self.backbone, self.classnames, feats, labels,
                                                     template_pool(), k)
         print(f"Template mining: kept {k} of {len(template_pool())} templates by zero-shot accuracy on "
               f"{feats.shape[0]} few-shot train + val images ({accs[0]:.1f}% .. {accs[-1]:.1f}%): "
               + " | ".join(self.mined_templates))
-        return text_classifier(self.clip_model, self.classnames, self.mined_templates).float().to(self.device)
+        return text_classifier(self.backbone, self.classnames, self.mined_templates).float().to(self.device)
 
     @staticmethod
     def _loader_transform(loader: Any) -> Any:
@@ -169,7 +178,7 @@ class FrozenFeatureTrainer(PrecisionChecks, TrainerX):
         impaths = impaths_of(items)
         seed = int(fc.VIEW_SEED) if train else 0
         space = {
-            "backbone": self.backbone_id, "trunk": trunk_kind(self.visual), "transform": describe_transform(transform),
+            "backbone": self.backbone_id, "trunk": self.backbone.trunk_kind, "transform": describe_transform(transform),
             "views": views, "view_seed": seed, "dtype": fc.DTYPE, "prec": self.trunk_precision(),
         }
         root = osp.abspath(osp.expanduser(self.cfg.DATASET.ROOT)) if self.cfg.DATASET.ROOT else ""
@@ -197,7 +206,7 @@ class FrozenFeatureTrainer(PrecisionChecks, TrainerX):
     def trunk(self, images: Tensor) -> Tensor:
         """``G(x)`` in the run's precision."""
         with self.autocast():
-            return trunk_forward(self.visual, images.to(self.device))
+            return self.backbone.trunk(images.to(self.device))
 
     @torch.no_grad()
     def pooled(self, head: torch.nn.Module, dense: Tensor, batch_size: int = 256) -> Tensor:
@@ -223,8 +232,9 @@ class FrozenFeatureTrainer(PrecisionChecks, TrainerX):
         return self._global[key]
 
     def clip_logits(self, features: Tensor) -> Tensor:
-        """``logit_scale * normalize(f) @ W_c^T``: ``[B, D] -> [B, K]``."""
-        return self.logit_scale * F.normalize(features.float(), dim=-1) @ self.text_weights.t()
+        """``logit_scale * normalize(f) @ W_c^T`` (``+ logit_bias`` for SigLIP): ``[B, D] -> [B, K]``."""
+        logits = self.logit_scale * F.normalize(features.float(), dim=-1) @ self.text_weights.t()
+        return logits if self.logit_bias is None else logits + self.logit_bias
 
     # ------------------------------------------------------------------ protocol
     def fit(self) -> None:

@@ -11,6 +11,9 @@ clip; ``from fsclip.clip import load_clip`` works as usual.
 - ``text``: ``tokenize``, ``tokenize_short``, ``encode_text``, ``text_classifier``,
   ``encode_text_embeddings``
 - ``tiny``: ``build_tiny_clip``, ``save_tiny_clip`` (small real CLIPs for tests)
+- ``backbone``: the ``Backbone`` interface and ``OpenAIBackbone``; ``openclip``: ``OpenCLIPBackbone``,
+  ``load_openclip``; ``families``: ``load_backbone``, ``load_backbone_from_cfg``, ``as_backbone``;
+  ``tiny_openclip``: ``build_tiny_openclip``, ``save_tiny_openclip``
 """
 
 from fsclip._lazy import lazy_getattr
@@ -37,6 +40,11 @@ _EXPORTS = {
     "text_classifier": "text", "encode_text_embeddings": "text",
     # tiny test models
     "build_tiny_clip": "tiny", "save_tiny_clip": "tiny",
+    # backbones
+    "Backbone": "backbone", "OpenAIBackbone": "backbone", "BackboneCapabilityError": "backbone",
+    "OpenCLIPBackbone": "openclip", "load_openclip": "openclip", "OpenCLIPWeightsNotFoundError": "openclip",
+    "load_backbone": "families", "load_backbone_from_cfg": "families", "as_backbone": "families",
+    "build_tiny_openclip": "tiny_openclip", "save_tiny_openclip": "tiny_openclip",
 }
 
 __all__ = sorted(_EXPORTS)

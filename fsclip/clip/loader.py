@@ -42,7 +42,7 @@ from typing import Any, Dict, Iterator, List, Optional, Union
 
 import torch
 
-from fsclip.errors import UserFacingError, WeightsNotFoundError
+from fsclip.errors import ConfigError, UserFacingError, WeightsNotFoundError
 
 from .compat import import_clip
 from .precision import PRECISIONS, resolve_precision  # noqa: F401 (re-exported)
@@ -51,6 +51,8 @@ from .precision import PRECISIONS, resolve_precision  # noqa: F401 (re-exported)
 MODEL_NAMES = ("RN50", "RN101", "RN50x4", "RN50x16", "RN50x64", "ViT-B/32", "ViT-B/16", "ViT-L/14")
 KIT_WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "kit" / "weights"
 DEFAULT_CACHE_DIR = "~/.cache/clip"
+# what methods that call load_clip_from_cfg take from the model (named in the OpenCLIP refusal)
+CLIP_INTERNALS = "the attention pool, QuickGELU ViT blocks, ln_post/proj"
 _REQUIRED_KEYS = ("positional_embedding", "token_embedding.weight", "ln_final.weight",
                   "text_projection")
 
@@ -257,9 +259,20 @@ def load_clip_from_cfg(cfg: Any, precision: str = "auto",
                        device: Optional[Union[str, torch.device]] = None):
     """:func:`load_clip` with ``cfg.MODEL.BACKBONE.NAME`` and ``cfg.MODEL.BACKBONE.CACHE_DIR``.
 
+    For methods built on OpenAI CLIP's modules (CLIP-LoRA, DPT/VPT): an ``openclip:`` name is
+    refused with one ConfigError line (backbone-neutral methods load through
+    ``fsclip.clip.families.load_backbone_from_cfg``).
+
     ``device`` defaults to CUDA when it is available and ``cfg.USE_CUDA`` (if present) is true.
     """
     backbone = cfg.MODEL.BACKBONE
+    if str(backbone.NAME).strip().lower().startswith("openclip:"):
+        method = getattr(getattr(cfg, "TRAINER", None), "NAME", "") or "this method"
+        raise ConfigError(
+            f"{method} reaches into OpenAI CLIP's modules (clip-internals: "
+            f"{CLIP_INTERNALS}) and runs on OpenAI CLIP backbones only, not on the OpenCLIP backbone "
+            f"{backbone.NAME!r}: set MODEL.BACKBONE.NAME to an OpenAI CLIP (e.g. ViT-B/16), or pick a method "
+            "that runs on OpenCLIP (the README's table 'Backbones')")
     if device is None:
         use_cuda = bool(getattr(cfg, "USE_CUDA", True))
         device = "cuda" if use_cuda and torch.cuda.is_available() else "cpu"

@@ -7,6 +7,9 @@ position (the largest token id). Positions after EOT never influence it (causal 
 tokens cut to ``max EOT position + 1`` give the same features as 77 tokens with a fraction of
 the work (tests check this). :func:`encode_text` always tokenizes this way, per batch.
 
+:func:`encode_text` and :func:`text_classifier` take a clip-anytorch CLIP or any backbone of
+``fsclip.clip.backbone`` (its own tokenizer and text encoder then run).
+
 All encoding runs on the model's device under ``torch.no_grad()`` and returns the model's dtype
 (fp16 under CLIP's CUDA precision), except :func:`encode_text_embeddings`, which is meant for
 prompt learning and keeps gradients.
@@ -57,15 +60,24 @@ def encode_text(model: Any, texts: Texts, batch_size: int = 256) -> Tensor:
     texts = _as_list(texts)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    device = _text_device(model)
+    backbone = getattr(model, "is_backbone", False)
+    if not backbone and type(model).__module__.startswith("open_clip"):
+        raise TypeError("encode_text takes an OpenCLIP model through its backbone: "
+                        "fsclip.clip.families.as_backbone(model)")
+    if not backbone and not texts:
+        device = _text_device(model)
+        return torch.empty(0, model.text_projection.shape[1], dtype=model.dtype, device=device)
+    if not texts:
+        raise ValueError("encode_text needs at least one text")
     chunks = []
     with torch.no_grad():
         for start in range(0, len(texts), batch_size):
-            tokens = tokenize_short(texts[start:start + batch_size],
-                                    context_length=model.context_length)
-            chunks.append(model.encode_text(tokens.to(device)))
-    if not chunks:
-        return torch.empty(0, model.text_projection.shape[1], dtype=model.dtype, device=device)
+            batch = texts[start:start + batch_size]
+            if backbone:
+                chunks.append(model.encode_tokens(model.tokenize(batch)))
+            else:
+                tokens = tokenize_short(batch, context_length=model.context_length)
+                chunks.append(model.encode_text(tokens.to(_text_device(model))))
     return torch.cat(chunks)
 
 

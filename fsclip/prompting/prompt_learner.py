@@ -27,8 +27,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from fsclip.clip.compat import import_clip
-from fsclip.clip.text import encode_text_embeddings, tokenize_short
+from fsclip.clip.families import as_backbone
 from fsclip.errors import ConfigError
 
 from .text_encoder import encode_shared_prefix
@@ -38,15 +37,13 @@ POSITIONS = ("end", "middle", "front")
 FIXED_BUFFERS = ("token_prefix", "token_suffix", "token_midfix")
 
 
-def _bpe_len(text: str) -> int:
-    return len(import_clip().clip._tokenizer.encode(text))
-
-
 class TextPromptLearner(nn.Module):
     """Learned context for K class prompts; ``text_features(model)`` encodes them with CLIP.
 
     Args:
-        clip_model: a clip-anytorch CLIP (its token embedding gives the fixed tokens).
+        clip_model: a backbone with the ``text-prompts`` capability (``fsclip.clip.backbone``:
+            OpenAI CLIP, OpenCLIP models with CLIP's BPE and a causal text encoder) or a
+            clip-anytorch CLIP; its tokenizer and token embedding give the fixed tokens.
         classnames: the K class names, used as given (datasets clean them, e.g. "_" -> " ").
         n_ctx: context length M (ignored when ``ctx_init`` is given).
         ctx_init: words whose embeddings initialise a generic context ("" = random). M is then
@@ -75,16 +72,18 @@ class TextPromptLearner(nn.Module):
         classnames = list(classnames)
         if not classnames:
             raise ValueError("a prompt learner needs at least one class name")
-        embedding = clip_model.token_embedding
+        backbone = as_backbone(clip_model)
+        backbone.require(["text-prompts"], "a text prompt learner")
+        embedding = backbone.token_embedding
         width = embedding.weight.shape[1]
         device = embedding.weight.device
         ctx_init = ctx_init.replace("_", " ").strip()
         self.n_fixed = 0  # tokens of ctx_init after the learned ones, kept fixed (see the docstring)
         if ctx_init:
             n_ctx = len(ctx_init.split())  # words, as the official CoOp/CoCoOp/DPT code counts
-            self.n_fixed = _bpe_len(ctx_init) - n_ctx
+            self.n_fixed = backbone.count_tokens(ctx_init) - n_ctx
             with torch.no_grad():
-                init = embedding(tokenize_short(ctx_init).to(device))[0, 1:1 + n_ctx].float()
+                init = embedding(backbone.tokenize([ctx_init]).to(device))[0, 1:1 + n_ctx].float()
             ctx = init.clone()
             csc = False
             self.init_text = ctx_init
@@ -101,13 +100,12 @@ class TextPromptLearner(nn.Module):
         self.share_prefix = True
 
         # "<context> <name>." with the context as placeholder words, tokenized to the longest prompt
-        tokens = tokenize_short([f"{self.init_text} {name}." for name in classnames],
-                                context_length=clip_model.context_length).to(device)  # [K, L]
+        tokens = backbone.tokenize([f"{self.init_text} {name}." for name in classnames]).to(device)  # [K, L]
         with torch.no_grad():
             fixed = embedding(tokens).float()  # [K, L, width]
         self.register_buffer("token_prefix", fixed[:, :1], persistent=False)  # SOT
         self.register_buffer("token_suffix", fixed[:, 1 + self.n_ctx:], persistent=False)  # name . EOT pad
-        order = self._order([self.n_fixed + _bpe_len(name) for name in classnames], tokens.shape[1])
+        order = self._order([self.n_fixed + backbone.count_tokens(name) for name in classnames], tokens.shape[1])
         self.register_buffer("order", order, persistent=False)  # [K, L] source position of each token
         self.register_buffer("tokens", tokens.gather(1, order), persistent=False)
 
@@ -173,16 +171,17 @@ class TextPromptLearner(nn.Module):
         (``prefix_shared``), else the whole prompts through CLIP's transformer; both give the
         same features (tested)."""
         batched = ctx is not None and ctx.dim() == self.ctx.dim() + 1
-        if self.prefix_shared:
+        backbone = as_backbone(model)
+        if self.prefix_shared and backbone.has("prefix-sharing"):
             c = self._context(ctx)[:, 0]  # [B, M, width]
             sot = self.token_prefix[:1].expand(c.shape[0], -1, -1).to(c.dtype)  # [B, 1, width]
             eot = self.tokens.argmax(dim=-1) - (1 + self.n_ctx)
-            feats = encode_shared_prefix(model, torch.cat([sot, c], dim=1), self.token_suffix, eot)
+            feats = encode_shared_prefix(backbone, torch.cat([sot, c], dim=1), self.token_suffix, eot)
         else:
             prompts = self(ctx)
             b = prompts.shape[0] if batched else 1
             flat = prompts.reshape(b * self.n_cls, *prompts.shape[-2:])
-            feats = encode_text_embeddings(model, flat, self.tokens.repeat(b, 1)).reshape(b, self.n_cls, -1)
+            feats = backbone.encode_text_embeddings(flat, self.tokens.repeat(b, 1)).reshape(b, self.n_cls, -1)
         return feats if batched else feats[0]
 
     # ---------------------------------------------------------------- checkpoints

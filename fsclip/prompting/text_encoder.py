@@ -17,7 +17,8 @@ result equals the plain path (the whole ``[K, L]`` prompts through ``model.trans
 Work per text-encoder call drops from ``K * L`` token positions to ``P + K * S``, and with
 short context ``L`` is the longest prompt, not 77 (see ``fsclip.clip.text``).
 
-Attention runs over the block's own parameters (``attn.in_proj_weight``, ``in_proj_bias``,
+The encoder is any backbone's ``text_tower()`` (``fsclip.clip.backbone``: OpenAI CLIP, OpenCLIP
+models with plain attention blocks; a clip-anytorch model is wrapped). Attention runs over the block's own parameters (``attn.in_proj_weight``, ``in_proj_bias``,
 ``out_proj``; the LayerNorms and MLP are the block's modules): nothing is copied, so the weights
 stay frozen or trainable exactly as they are in the CLIP model.
 """
@@ -29,6 +30,8 @@ from typing import Any, Tuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from fsclip.clip.families import as_backbone
 
 
 def _heads(x: Tensor, n_heads: int) -> Tensor:
@@ -95,23 +98,29 @@ def encode_shared_prefix(model: Any, prefix: Tensor, suffix: Tensor, eot: Tensor
     if prefix.dim() != 3 or suffix.dim() != 3 or prefix.shape[-1] != suffix.shape[-1]:
         raise ValueError(f"expected prefix [B, P, width] and suffix [K, S, width], got "
                          f"{tuple(prefix.shape)} and {tuple(suffix.shape)}")
-    dtype = model.dtype
+    tower = as_backbone(model).text_tower()
+    dtype = tower.dtype
     b, n_prefix, _ = prefix.shape
     k, n_suffix, width = suffix.shape
-    pos = model.positional_embedding.type(dtype)
+    pos = tower.positional_embedding.type(dtype)
     if n_prefix + n_suffix > pos.shape[0]:
         raise ValueError(f"prompts of {n_prefix + n_suffix} tokens exceed the context length {pos.shape[0]}")
     p = prefix.type(dtype) + pos[:n_prefix]  # [B, P, width]
     s = (suffix.type(dtype) + pos[n_prefix:n_prefix + n_suffix]).expand(b, k, n_suffix, width)  # [B, K, S, width]
-    blocks = list(model.transformer.resblocks)
+    blocks = tower.blocks
     for i, block in enumerate(blocks):
         last = i == len(blocks) - 1  # the prefix's own output is not needed after the last block
+        ls_1, ls_2 = getattr(block, "ls_1", _identity), getattr(block, "ls_2", _identity)  # OpenCLIP's layer scale
         out_p, out_s = shared_prefix_attention(block.attn, block.ln_1(p), block.ln_1(s), prefix_only_kv=last)
-        s = s + out_s
-        s = s + block.mlp(block.ln_2(s))
+        s = s + ls_1(out_s)
+        s = s + ls_2(block.mlp(block.ln_2(s)))
         if not last:
-            p = p + out_p
-            p = p + block.mlp(block.ln_2(p))
+            p = p + ls_1(out_p)
+            p = p + ls_2(block.mlp(block.ln_2(p)))
     x = s[:, torch.arange(k, device=s.device), eot.to(s.device)]  # [B, K, width] at each EOT
-    x = model.ln_final(x).type(dtype)
-    return x @ model.text_projection  # [B, K, D]
+    x = tower.ln_final(x).type(dtype)
+    return tower.project(x)  # [B, K, D]
+
+
+def _identity(x: Tensor) -> Tensor:
+    return x

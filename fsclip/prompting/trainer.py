@@ -81,6 +81,7 @@ class PromptLearningTrainer(FrozenFeatureTrainer):
     """Base of CoOp, CoCoOp, ProGrad and KgCoOp: learned prompts, frozen cached image features."""
 
     cfg_name = ""  # the trainer's node under cfg.TRAINER (COOP, COCOOP, ...)
+    backbone_needs = ("text-prompts",)
 
     @classmethod
     def extend_cfg(cls, cfg) -> None:
@@ -115,13 +116,13 @@ class PromptLearningTrainer(FrozenFeatureTrainer):
 
     def build_prompt_learner(self) -> TextPromptLearner:
         c = self.method_cfg
-        return TextPromptLearner(self.clip_model, self.classnames, n_ctx=int(c.N_CTX), ctx_init=c.CTX_INIT,
+        return TextPromptLearner(self.backbone, self.classnames, n_ctx=int(c.N_CTX), ctx_init=c.CTX_INIT,
                                  csc=bool(c.CSC), position=c.CLASS_TOKEN_POSITION)
 
     # ------------------------------------------------------------------ the model
     def class_text_features(self) -> Tensor:
         """The learned prompts' text features, L2-normalised, float: ``[K, D]``."""
-        return F.normalize(self.prompt_learner.text_features(self.clip_model).float(), dim=-1)
+        return F.normalize(self.prompt_learner.text_features(self.backbone).float(), dim=-1)
 
     def eval_text_features(self) -> Optional[Tensor]:
         """Text features computed once per evaluation (None when they depend on the image)."""
