@@ -168,7 +168,30 @@ def test_a_prompt_learner_on_openclip_starts_as_the_template_and_shares_its_pref
     assert learner.ctx.grad is not None and float(learner.ctx.grad.abs().sum()) > 0
 
 
-@pytest.mark.parametrize("kind,name,needs", [("vit", "SAFE", "clip-internals"), ("vit", "VTCLIP", "clip-internals"),
+@pytest.mark.parametrize("kind", KINDS)
+def test_safe_on_an_openclip_vit_starts_as_zero_shot_and_trains_its_pooling_head(toy_root, tmp_path, tiny, kind):
+    """SAFE's own split on OpenCLIP (sequential grid): AttnPool_F = AttnPool_O gives zero-shot's
+    logits (up to SigLIP's bias, a constant shift), a short fit moves AttnPool_F only, and the
+    batched grid is one ConfigError line saying what to set."""
+    name = spec(tiny[kind][1], "dir")
+    quick = {"TRAINER.SAFE.GRID_BATCHED": False, "TRAINER.SAFE.ITERS": 4, "TRAINER.SAFE.EVAL_EVERY": 2,
+             "TRAINER.SAFE.LRS": "[1e-3]", "TRAINER.SAFE.WDS": "[0.0]", "TRAINER.FEATURES.PROMPTS": "ensemble"}
+    safe = _toy_trainer(toy_root, tmp_path, name, "SAFE", **quick)
+    zs = _toy_trainer(toy_root, tmp_path, name, "ZeroshotCLIP2")
+    images = next(iter(safe.test_loader))["img"]
+    bias = float(zs.backbone.logit_bias or 0.0)
+    torch.testing.assert_close(safe.model_inference(images), zs.model_inference(images) - bias, rtol=1e-4, atol=1e-4)
+    head = safe.trainable()  # a fresh AttnPool_F: SAFE's loss reaches every one of its parameters
+    safe.loss(head, safe.batches()).sum().backward()
+    assert all(p.grad is not None for p in head.parameters()) and any(float(p.grad.abs().sum()) > 0 for p in head.parameters())
+    frozen = [p.detach().clone() for p in safe.head_o.parameters()]
+    safe.fit_safe()  # the sequential grid runs on this backbone; AttnPool_O stays as it was
+    assert all(torch.equal(a, b) for a, b in zip(frozen, safe.head_o.parameters()))
+    with pytest.raises(ConfigError, match="GRID_BATCHED False"):
+        _toy_trainer(toy_root, tmp_path / "batched", name, "SAFE")
+
+
+@pytest.mark.parametrize("kind,name,needs", [("vit", "VTCLIP", "clip-internals"),
                                              ("siglip", "CoOp", "text-prompts"), ("vit", "CLIPLoRA", "clip-internals")])
 def test_an_unsupported_method_and_backbone_pair_is_one_config_error(toy_root, tmp_path, tiny, kind, name, needs):
     with pytest.raises(ConfigError) as err:

@@ -44,7 +44,7 @@ from torch import Tensor
 from yacs.config import CfgNode as CN
 
 from fsclip.adapt.extract import view_batches
-from fsclip.adapt.heads import DeeperHead, HeadWithClassifier, encoder_with_head, make_pooling_head
+from fsclip.adapt.heads import DeeperHead, HeadWithClassifier, encoder_with_head
 from fsclip.adapt.search import RunResult, grid_search, train_with_early_stopping
 from fsclip.adapt.stacked import (
     StackedAdamW, StackedHead, cross_entropy_per_setting, grid_search_stacked, train_stacked_with_early_stopping,
@@ -79,7 +79,9 @@ class SAFE(FrozenFeatureTrainer):
     """Fine-tune the attention pooling (or the last ViT block), blend with the original."""
 
     PER_CLASS_STATE = False  # AttnPool_F is an image-side layer; W_c is rebuilt from this run's classes
-    backbone_needs = ("clip-internals",)  # the stacked grid and deeper heads run OpenAI CLIP's modules
+    # The stacked grid and the deeper splits run OpenAI CLIP's modules; the sequential grid of
+    # SAFE's own split trains any backbone's pooling head (OpenCLIP ViTs: the last block + pool).
+    backbone_needs: tuple = ()
 
     @classmethod
     def extend_cfg(cls, cfg) -> None:
@@ -113,7 +115,17 @@ class SAFE(FrozenFeatureTrainer):
         s.TRAIN_CLASSIFIER = False
 
     def build_split(self) -> None:
-        self.n_extra = extra_stages(str(self.cfg.TRAINER.SAFE.TRAIN_LAYERS), self.visual)
+        s, name = self.cfg.TRAINER.SAFE, type(self).__name__
+        if "clip-internals" not in self.backbone.capabilities:
+            if s.GRID_BATCHED or str(s.TRAIN_LAYERS) not in ("attnpool", "last_block"):
+                raise ConfigError(f"{name} on {self.backbone.name!r}: the batched grid and the deeper TRAIN_LAYERS "
+                                  "stack OpenAI CLIP's modules; on this backbone set TRAINER.SAFE.GRID_BATCHED False "
+                                  "and keep TRAINER.SAFE.TRAIN_LAYERS last_block")
+            if not any(True for _ in self.backbone.pooling_head().parameters()):
+                raise ConfigError(f"{name}: the {self.backbone.family} backbone {self.backbone.name!r} has no "
+                                  "pooling head to fine-tune (its trunk is the whole encoder): use an OpenAI CLIP "
+                                  "or an OpenCLIP ViT")
+        self.n_extra = extra_stages(str(s.TRAIN_LAYERS), self.visual)
         if self.n_extra:  # the split moves: G ends earlier (a cache space of its own), heads grow
             self.backbone_id = f"{self.backbone_id}|G-before-last-{self.n_extra + 1}-stages"
             self.head_o = self.make_head().requires_grad_(False).eval()
@@ -148,14 +160,14 @@ class SAFE(FrozenFeatureTrainer):
 
     def trained_visual(self) -> Any:
         """Hook (``fsclip.explain``): the image encoder with AttnPool_F as its pooling layer."""
-        if self.n_extra:
-            raise ConfigError("fsclip-explain walks the image encoder of SAFE's own split only: this run "
+        if self.n_extra or "clip-internals" not in self.backbone.capabilities:
+            raise ConfigError("fsclip-explain walks the image encoder of SAFE's own split on OpenAI CLIP only: this run "
                               f"trained TRAINER.SAFE.TRAIN_LAYERS {self.cfg.TRAINER.SAFE.TRAIN_LAYERS}")
         return encoder_with_head(self.visual, self.head_f)
 
     def make_head(self) -> nn.Module:
         """A trainable copy of the head of the TRAIN_LAYERS split (AttnPool_O's weights)."""
-        head = DeeperHead(self.visual, self.n_extra) if self.n_extra else make_pooling_head(self.visual)
+        head = DeeperHead(self.visual, self.n_extra) if self.n_extra else self.backbone.pooling_head()
         return head.to(self.device)
 
     @torch.no_grad()

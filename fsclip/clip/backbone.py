@@ -117,7 +117,7 @@ class Backbone:
             what = "; ".join(f"{c} ({CAPABILITIES.get(c, c)})" for c in missing)
             raise BackboneCapabilityError(
                 f"{method} needs {what}, which the {self.family} backbone {self.name!r} does not have: "
-                f"run {method} on a backbone that has it (MODEL.BACKBONE.NAME; the README's table "
+                f"run {method} on a backbone that has it (MODEL.BACKBONE.NAME; docs/backbones.md "
                 "'Backbones' lists which method runs on which)")
 
     # ------------------------------------------------------------------ image
