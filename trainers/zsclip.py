@@ -8,12 +8,14 @@ of the dataset's hand-engineered templates (``ZeroshotCLIP2``, the ensemble).
 from __future__ import annotations
 
 import time
+from typing import Dict, Optional
 
 import torch
 from yacs.config import CfgNode as CN
 
 from fsclip.adapt.prompts import prompt_classifier
 from fsclip.backend import TRAINER_REGISTRY, TrainerX
+from fsclip.clip.attention import encoder_attention, map_entries, spatial_tokens
 from fsclip.clip.loader import load_clip_from_cfg
 from fsclip.clip.precision import autocast, effective_precision
 
@@ -47,12 +49,25 @@ class ZeroshotCLIP(TrainerX):
 
     @torch.no_grad()
     def model_inference(self, image: torch.Tensor) -> torch.Tensor:
+        return self.image_logits(image)
+
+    def image_logits(self, image: torch.Tensor) -> torch.Tensor:
+        """Logits ``[B, K]`` of preprocessed images; gradients flow back to ``image`` when it
+        requires them (the ``image_logits`` hook, ``fsclip.explain.hooks``)."""
         with autocast(self.prec, self.device):
-            image_features = self.clip_model.encode_image(image).float()  # [B, D]
+            image_features = self.clip_model.encode_image(image.to(self.device)).float()  # [B, D]
         image_features = image_features / image_features.norm(dim=-1, keepdim=True)
         logit_scale = self.clip_model.logit_scale.exp()
         logits = logit_scale * image_features @ self.text_features.t().to(image_features.dtype)  # [B, K]
         return self.restrict_logits(logits.float())
+
+    def attention_maps(self, images: torch.Tensor, labels: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+        """CLIP's pooling attention: ``cls`` (ViT: the class token's row in the last block) or
+        ``attnpool`` (ResNet: the attention pool's query), ``[B, H, h, w]`` (fsclip.explain.hooks)."""
+        images = images.to(self.device)
+        with autocast(self.prec, self.device):
+            name, rows = encoder_attention(self.clip_model, images)  # [B, H, 1 + HW]
+        return {"logits": self.image_logits(images), **map_entries(name, rows, 1, spatial_tokens(self.clip_model))}
 
     def train(self) -> None:  # type: ignore[override]
         """Nothing to train: evaluate once, with the lines log parsers expect."""
