@@ -27,7 +27,8 @@ Marker = Tuple[float, float]  # (x, y) in image pixels
 
 @dataclass
 class Column:
-    """One overlay column: ``maps`` ``[N, h, w]`` (upsampled bilinearly onto the images; None: the
+    """One overlay column: ``maps`` ``[N, h, w]`` or N maps of their own sizes (each upsampled
+    bilinearly onto its image; None: the
     image alone), ``images`` ``[N, H, W, 3]`` to draw under them (None: the panel's images),
     ``markers`` per row (points drawn as red dots), ``subtitles`` per row (under the image)."""
 
@@ -80,13 +81,14 @@ def save_figure(fig: Any, path: str, dpi: int = 100) -> str:
 def save_overlay_panel(path: str, images: np.ndarray, columns: Sequence[ColumnLike],
                        row_labels: Optional[Sequence[str]] = None, title: str = "",
                        scale: str = "per_map", colorbar_label: str = "", cmap: str = "jet",
-                       alpha: float = 0.5, image_title: str = "image", cell: float = 2.2) -> str:
+                       alpha: float = 0.5, image_title: str = "image", cell: float = 2.2,
+                       image_markers: Optional[Sequence[Sequence[Marker]]] = None) -> str:
     """Write the grid panel to ``path`` (see the module docstring); returns ``path``.
 
     ``images``: ``[N, H, W, 3]`` floats in [0, 1]; ``columns``: :class:`Column` or ``(title, maps)``.
     ``scale``: ``"per_map"`` min-max scales each map to [0, 1] (Grad-CAM style; the colour bar reads
     0..1), ``"shared"`` keeps the values on one range over all maps (attention weights, cosine
-    similarity; the colour bar shows it).
+    similarity; the colour bar shows it). ``image_markers``: points on column 0, per row.
     """
     plt = _pyplot()
     images = np.asarray(images, dtype=np.float32)
@@ -97,7 +99,7 @@ def save_overlay_panel(path: str, images: np.ndarray, columns: Sequence[ColumnLi
         if c.maps is None:
             ups.append(None)
             continue
-        m = upsample(np.asarray(c.maps, dtype=np.float32), size)
+        m = np.stack([upsample(np.asarray(x, dtype=np.float32)[None], size)[0] for x in c.maps])
         ups.append(np.stack([_normalised(x) for x in m]) if scale == "per_map" else m)
     values = [u for u in ups if u is not None]
     if scale == "per_map":
@@ -108,10 +110,12 @@ def save_overlay_panel(path: str, images: np.ndarray, columns: Sequence[ColumnLi
         vmax = vmax if vmax > vmin else vmin + 1e-6
     ncol = 1 + len(cols)
     fig, axes = plt.subplots(n, ncol, figsize=(cell * ncol + 0.9, cell * n + (0.5 if title else 0.2)),
-                             squeeze=False)
+                             squeeze=False, layout="constrained")
     mappable = None
     for i in range(n):
         axes[i, 0].imshow(np.clip(images[i], 0, 1))
+        for x, y in (image_markers[i] if image_markers is not None else ()):
+            axes[i, 0].plot([x], [y], "o", ms=7, mfc="red", mec="white", mew=1.5)
         for j, (c, up) in enumerate(zip(cols, ups), start=1):
             ax = axes[i, j]
             base = images if c.images is None else np.asarray(c.images, dtype=np.float32)

@@ -337,7 +337,10 @@ def random_object(rng: np.random.Generator, shapes: Sequence[str] = SHAPES,
 
 
 def _draw(img: np.ndarray, rng: np.random.Generator, obj: Obj, cx: float, cy: float,
-          style: Style) -> None:
+          style: Style, record: Optional[list] = None) -> None:
+    """Draw ``obj`` into ``img``; ``record`` (a list) gets ``(mask, box, pattern)`` of a filled
+    object (its coverage, bounding box and secondary-colour map or None) without drawing any
+    random number more, so the pixels are the same with or without it."""
     rot = rng.uniform(-1, 1) * _MAX_ROT.get(obj.shape, 18)
     r = obj.size * CANVAS
     primary = _colour(rng, obj.colour)
@@ -356,6 +359,8 @@ def _draw(img: np.ndarray, rng: np.random.Generator, obj: Obj, cx: float, cy: fl
     pts = _place(obj.shape, cx, cy, r, rot)
     m, box = _mask(pts)
     pat = _pattern(rng, obj.texture, box, style.texture_scale)
+    if record is not None:
+        record.append((m, box, pat))
     if pat is None:
         _composite(img, m, box, primary)
     else:
@@ -375,7 +380,10 @@ def _composite(img: np.ndarray, m: np.ndarray, box: Tuple[int, int, int, int], f
 
 def render(rng: np.random.Generator, main: Obj, domain: str,
            distractors: Optional[List[Obj]] = None) -> Tuple[Image.Image, dict]:
-    """Render one scene. Returns the PIL RGB image and a dict of what was drawn."""
+    """Render one scene. Returns the PIL RGB image and a dict of what was drawn: ``background``,
+    ``distractors`` and ``drawn``, the ``(mask, box, pattern)`` of each filled object in drawing
+    order (distractors first, the main object last; outline drawings record nothing)."""
+    drawn: list = []
     style = STYLES[domain]
     bg_kind = str(rng.choice(list(style.backgrounds)))
     img = _background(rng, bg_kind).astype(np.float32)
@@ -386,10 +394,10 @@ def render(rng: np.random.Generator, main: Obj, domain: str,
     for d in distractors:
         d = Obj(d.shape, d.colour, d.texture, d.size, outline=outline_all or main.outline)
         cx, cy = rng.uniform(d.size * CANVAS, CANVAS - d.size * CANVAS, 2)
-        _draw(img, rng, d, cx, cy, style)
+        _draw(img, rng, d, cx, cy, style, drawn)
     off = style.offset * CANVAS
     cx, cy = CANVAS / 2 + rng.uniform(-off, off, 2)
-    _draw(img, rng, main, cx, cy, style)
+    _draw(img, rng, main, cx, cy, style, drawn)
     if style.hue != (0.0, 0.0):
         img = _rotate_hue(img, rng.normal(*style.hue))
     if style.cast > 0:
@@ -401,7 +409,7 @@ def render(rng: np.random.Generator, main: Obj, domain: str,
     pil = Image.fromarray(np.clip(np.rint(img), 0, 255).astype(np.uint8), "RGB")
     if style.blur_prob > 0 and rng.random() < style.blur_prob:
         pil = pil.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.5, 1.2))))
-    return pil, {"background": bg_kind, "distractors": distractors}
+    return pil, {"background": bg_kind, "distractors": distractors, "drawn": drawn}
 
 
 # --------------------------------------------------------------------------------------------
