@@ -13,7 +13,8 @@ each method), from the forward that gives its logits:
 * zero-shot CLIP and the CoOp family: CLIP's own (the last block's class token, or the pool).
 
 Writes ``attention.png`` (image | one overlay per model and map, averaged over heads), per model
-and map ``attention_<model>_<map>.png`` (the mean, then each head; CAVPT: each top-K class),
+and map ``attention_<model>_<map>.png`` (the mean, then each head up to ``--heads``; CAVPT: each
+top-K class, up to 10),
 ``attention.npz`` (every map ``<model>/<map>`` ``[N, S, h, w]``, with the weight left on other
 tokens ``<model>/<map>/rest``) and ``attention.json``. Maps are min-max scaled per map in the
 figures (colour bar 0..1); the ``.npz`` keeps the softmax weights.
@@ -37,8 +38,8 @@ def add_parser(subparsers: Any, parents: Sequence[argparse.ArgumentParser]) -> a
     p = subparsers.add_parser("attention", parents=list(parents),
                               help="attention maps of the methods that have them (VT-CLIP, DPT, SAFE, CLIP)",
                               description=__doc__.split("\n\n")[0])
-    p.add_argument("--heads", type=int, default=8, help="heads (CAVPT: top-K classes) drawn per map in the detail "
-                                                        "panels (default 8; 0: the mean only)")
+    p.add_argument("--heads", type=int, default=8, help="heads drawn per map in the detail panels (default 8; "
+                                                        "0: no per-head panels). CAVPT's panel shows its top-K classes")
     p.set_defaults(func=run)
     return p
 
@@ -112,7 +113,7 @@ def run(args: Any) -> int:
                 columns.append(panels.Column(name, maps=maps.mean(axis=1), subtitles=subs))
             if args.heads > 0 or key == "cavpt":
                 details.append((f"attention_{slug(s.label)}_{key}.png",
-                                detail_columns(key, maps, out, s.classnames, max(args.heads, 1), subs),
+                                detail_columns(key, maps, out, s.classnames, 10 if key == "cavpt" else args.heads, subs),
                                 f"{s.label}: {title(key)}"))
         arrays.update({f"{s.label}/{k}": v.numpy() for k, v in out.items()})
         summary[s.label] = {
