@@ -177,7 +177,6 @@ class CALIP(FrozenFeatureTrainer):
                betas: Optional[Sequence[float]] = None) -> Tensor:
         return module(image, stem, self.text_weights, self.logit_scale, betas)
 
-    @torch.no_grad()
     def logits_from_dense(self, dense: Tensor) -> Tensor:
         return self.logits(self.calip, self.head_o(dense.float()), self.stem(dense))
 

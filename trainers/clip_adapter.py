@@ -82,7 +82,6 @@ class CLIPAdapter(FrozenFeatureTrainer):
     def adapter_logits(self, adapter: VisualAdapter, f: Tensor) -> Tensor:
         return self.clip_logits(adapter.blend(f, float(self.cfg.TRAINER.CLIP_ADAPTER.RATIO)))
 
-    @torch.no_grad()
     def logits_from_dense(self, dense: Tensor) -> Tensor:
         return self.adapter_logits(self.adapter, self.head_o(dense.float()))
 

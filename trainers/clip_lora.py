@@ -177,6 +177,17 @@ class CLIPLoRA(PrecisionChecks, TrainerX):
         with self.autocast():
             return self.restrict_logits(self.forward_logits(images).float())
 
+    def image_logits(self, images: Tensor) -> Tensor:
+        """``model_inference`` with gradients through the image encoder (the class text encoded once
+        without them): the ``image_logits`` hook, ``fsclip.explain.hooks``."""
+        with torch.no_grad(), self.autocast():
+            self._eval_text = self.clip_model.encode_text(self.tokens)
+        try:
+            with self.autocast():
+                return self.restrict_logits(self.forward_logits(images.to(self.device)).float())
+        finally:
+            self._eval_text = None
+
     def export_merged(self, path: str) -> nn.Module:
         """Save CLIP with every ``W + s B A`` merged (a plain clip-anytorch state dict) to ``path``
         and return that model."""

@@ -33,7 +33,6 @@ the rows / text samples (ours: images, <=), none kept an error (ours: the smalle
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 from yacs.config import CfgNode as CN
 
@@ -74,7 +73,6 @@ class CrossModal(FrozenFeatureTrainer):
             raise ConfigError(f"TRAINER.CROSSMODAL.WISE_FT_ALPHA must be in [0, 1], got {alpha}")
         return alpha
 
-    @torch.no_grad()
     def logits_from_dense(self, dense: Tensor) -> Tensor:
         return self.head(self.head_o(dense.float()), alpha=self.eval_alpha())
 

@@ -32,7 +32,8 @@ visual LR 0.01 (shallow 0.001), SGD batch 32, K_T = 10, 1/sqrt(d) attention scal
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Tuple
+from contextlib import contextmanager
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -41,6 +42,7 @@ from torch import Tensor
 from yacs.config import CfgNode as CN
 
 from fsclip.backend import TRAINER_REGISTRY
+from fsclip.clip.attention import map_entries, recorded_attention, spatial_tokens
 from fsclip.engine.optim import build_lr_scheduler, build_optimizer
 from fsclip.errors import ConfigError
 from fsclip.prompting.prompt_learner import TextPromptLearner
@@ -78,19 +80,25 @@ class CAVPT(nn.Module):
             state_dict[key] = self.classifier.weight.detach().clone()
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def forward(self, tokens: Tensor, text: Tensor) -> Tuple[Tensor, Tensor]:
-        """tokens ``[B, N, width]`` entering the block (class token first), text ``[B, K_T, D]``
-        -> prompts ``[B, K_T, width]`` and K-way logits ``[B, K_T, K]``."""
+    def attention(self, tokens: Tensor, text: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        """softmax(q_j^T k) ``[B, K_T, N']`` of Eq. 9 over the keys/values ``[B, N', width]`` (the
+        block's N image tokens, then the learned ones), and the queries q_j ``[B, K_T, width]``."""
         tokens = tokens.float()
         kv = tokens.detach() if self.detach else tokens
         kv = torch.cat([kv, self.extra.expand(kv.shape[0], -1, -1)], dim=1)  # [B, N', width]
         q0 = self.query(text.float())  # [B, K_T, width]
         scores = self.q_proj(q0) @ self.k_proj(kv).transpose(1, 2) * self.dim ** -0.5  # q_j^T k: [B, K_T, N']
-        out = self.v_proj(scores.softmax(dim=-1) @ kv)  # softmax(q_j^T k) v: [B, K_T, width]
+        return scores.softmax(dim=-1), kv, q0
+
+    def forward(self, tokens: Tensor, text: Tensor) -> Tuple[Tensor, Tensor]:
+        """tokens ``[B, N, width]`` entering the block (class token first), text ``[B, K_T, D]``
+        -> prompts ``[B, K_T, width]`` and K-way logits ``[B, K_T, K]``."""
+        weights, kv, q0 = self.attention(tokens, text)
+        out = self.v_proj(weights @ kv)  # softmax(q_j^T k) v: [B, K_T, width]
         z = self.ln(out)  # the LN outputs the classifier of Eq. 10 reads
         logits = self.classifier(z)  # [B, K_T, K]
         if self.output == "lp":
-            return self.out(z + tokens[:, :1]), logits  # Eq. 9: LP(LN(.) + [s_l]_K_T)
+            return self.out(z + tokens[:, :1].float()), logits  # Eq. 9: LP(LN(.) + [s_l]_K_T)
         return self.out(out + q0), logits  # code: LN(out + q)
 
 
@@ -224,13 +232,45 @@ class DPT(VisualPromptTrainer):
             return self._eval_text
         return self.prompt_learner.text_features(self.clip_model)  # prefix-shared encoder, [K, D]
 
-    @torch.no_grad()
-    def test(self, split: Optional[str] = None) -> float:
-        self._eval_text = self.prompt_learner.text_features(self.clip_model) if self.learn_text else None
+    @contextmanager
+    def fixed_text(self) -> Iterator[None]:
+        """The learned class text encoded once, without gradients, for an evaluation (VLP)."""
+        with torch.no_grad():
+            self._eval_text = self.prompt_learner.text_features(self.clip_model) if self.learn_text else None
         try:
-            return super().test(split)
+            yield
         finally:
             self._eval_text = None
+
+    @torch.no_grad()
+    def test(self, split: Optional[str] = None) -> float:
+        with self.fixed_text():
+            return super().test(split)
+
+    def image_logits(self, images: Tensor) -> Tensor:
+        with self.fixed_text():
+            return super().image_logits(images)
+
+    def attention_maps(self, images: Tensor, labels: Optional[Tensor] = None) -> Dict[str, Tensor]:
+        """Figs. 1 and 4, from the prompted forward that gives ``logits``: ``cls`` ``[B, H, h, w]``,
+        the class token's last-block attention over the patches (``cls/rest``: on itself and the
+        prompts); with CAVPT, ``cavpt`` ``[B, K_T, h, w]``, the last CAVPT block's attention of each
+        top-K class over the patches, and ``cavpt/classes`` ``[B, K_T]`` (fsclip.explain.hooks)."""
+        rows: List[Tensor] = []
+        hook = self.cavpt[-1].register_forward_hook(lambda m, args, _: rows.append(m.attention(*args)[0])) \
+            if self.cavpt is not None else None
+        try:
+            with self.fixed_text(), recorded_attention([self.visual.transformer.resblocks[-1].attn]) as seen:
+                logits, aux = self.prompted_forward(images)
+        finally:
+            if hook is not None:
+                hook.remove()
+        hw = spatial_tokens(self.visual)
+        out = {"logits": self.restrict_logits(logits), **map_entries("cls", seen[-1][:, :, 0], 1, hw)}
+        if rows:
+            out.update(map_entries("cavpt", rows[-1], 1, hw))
+            out["cavpt/classes"] = aux["selected"]
+        return out
 
     def forward_logits(self, images: Tensor, frozen: Optional[Tensor]) -> Tuple[Tensor, Dict[str, Any]]:
         text = self.text_features()

@@ -101,7 +101,6 @@ class LinearProbe(FrozenFeatureTrainer):
         self.probe = LogisticHead(self.text_weights.shape[1], len(self.classnames)).to(self.device)
         self.register_model("linear_probe", self.probe, None, None)
 
-    @torch.no_grad()
     def logits_from_dense(self, dense: Tensor) -> Tensor:
         return self.probe(self.head_o(dense.float()))
 

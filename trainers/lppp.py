@@ -160,7 +160,6 @@ class LPPP(FrozenFeatureTrainer):
         self.head = LPPPHead(self.text_weights).to(self.device)
         self.register_model("lppp", self.head, None, None)
 
-    @torch.no_grad()
     def logits_from_dense(self, dense: Tensor) -> Tensor:
         return self.head(self.head_o(dense.float()))
 

@@ -117,7 +117,6 @@ class ProKeR(FrozenFeatureTrainer):
         self.log_choice("ProKeR", beta=beta, lam=lam, val_accuracy=acc)
         self.save_model(0, self.output_dir, val_result=acc, model_name="model-best.pth.tar")
 
-    @torch.no_grad()
     def logits_from_dense(self, dense: Tensor) -> Tensor:
         f = F.normalize(self.head_o(dense.float()).float(), dim=-1)
         return self.head(f, self.text_weights, self.logit_scale)

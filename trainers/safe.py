@@ -170,11 +170,10 @@ class SAFE(FrozenFeatureTrainer):
         head = DeeperHead(self.visual, self.n_extra) if self.n_extra else self.backbone.pooling_head()
         return head.to(self.device)
 
-    @torch.no_grad()
-    def trunk(self, images: Tensor) -> Tensor:
+    def trunk_features(self, images: Tensor) -> Tensor:
         """``G(x)`` up to the TRAIN_LAYERS split."""
         if not self.n_extra:
-            return super().trunk(images)
+            return super().trunk_features(images)
         v = self.visual
         with self.autocast():
             if is_vit(v):
@@ -192,9 +191,15 @@ class SAFE(FrozenFeatureTrainer):
         dense = dense.float()
         return self.cfg.TRAINER.SAFE.BETA * self.head_o(dense) + self.head_f(dense)
 
-    @torch.no_grad()
     def logits_from_dense(self, dense: Tensor) -> Tensor:
         return self.clip_logits(self.blend(dense))  # Eq. (4)
+
+    def attention_maps(self, images: Tensor, labels: Optional[Tensor] = None) -> Dict[str, Tensor]:
+        """AttnPool_O's and AttnPool_F's query attention over the positions (ViT: the class token's
+        row in the last block): ``attnpool_o``, ``attnpool_f`` ``[B, H, h, w]`` (fsclip.explain.hooks)."""
+        dense = self.trunk_features(images)
+        return {"logits": self.restrict_logits(self.logits_from_dense(dense)),
+                **self.pooling_attention(dense, attnpool_o=self.head_o, attnpool_f=self.head_f)}
 
     def fit(self) -> None:
         self.fit_safe()
@@ -310,7 +315,6 @@ class SAFE_A(SAFE):
         self.save_model(self.safe_result.step - 1, self.output_dir, val_result=out["val_acc"],
                         model_name="model-best.pth.tar")
 
-    @torch.no_grad()
     def logits_from_dense(self, dense: Tensor) -> Tensor:
         f = F.normalize(self.blend(dense), dim=-1)  # Eq. (10)
         return self.adapter(f, self.text_weights, self.logit_scale)  # Eq. (8)

@@ -16,7 +16,6 @@ L2-normalised (``fsclip.adapt.tip.cache_keys_from_views``).
 from __future__ import annotations
 
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 from yacs.config import CfgNode as CN
@@ -79,7 +78,6 @@ class TipAdapter(FrozenFeatureTrainer):
         self.log_choice(type(self).__name__, alpha=out["alpha"], gamma=out["gamma"], val_accuracy=out["val_acc"])
         self.save_model(0, self.output_dir, val_result=out["val_acc"], model_name="model-best.pth.tar")
 
-    @torch.no_grad()
     def logits_from_dense(self, dense: Tensor) -> Tensor:
         f = F.normalize(self.image_features(dense).float(), dim=-1)
         return self.adapter(f, self.text_weights, self.logit_scale)  # Eq. 8

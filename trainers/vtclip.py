@@ -35,6 +35,8 @@ and weight decay grid (LRS x WDS) and the best epoch are chosen on the few-shot 
 
 from __future__ import annotations
 
+from typing import Dict, Optional
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -44,6 +46,7 @@ from yacs.config import CfgNode as CN
 from fsclip.adapt.dense import DenseSplit, SpatialProjection, add_dense_cfg, check_mode, fit_on_dense, spatial_stem
 from fsclip.adapt.trainer import FrozenFeatureTrainer
 from fsclip.backend import TRAINER_REGISTRY
+from fsclip.clip.attention import map_entries, recorded_attention, spatial_tokens
 from fsclip.errors import ConfigError
 
 
@@ -154,9 +157,23 @@ class VTCLIP(FrozenFeatureTrainer):
     def logits(self, module: VisualGuidedText, image: Tensor, stem: Tensor) -> Tensor:
         return vt_logits(image, module(self.text_weights, stem), self.logit_scale)  # Eq. 5-6
 
-    @torch.no_grad()
     def logits_from_dense(self, dense: Tensor) -> Tensor:
         return self.logits(self.vt, self.head_o(dense.float()), self.stem(dense))
+
+    def attention_maps(self, images: Tensor, labels: Optional[Tensor] = None) -> Dict[str, Tensor]:
+        """Fig. 1: each block's text-to-region cross-attention, per head, for the predicted class
+        (``layer<l>_pred``) and the true one (``layer<l>_true``, with ``labels``): ``[B, H, h, w]``,
+        recorded in the forward that gives ``logits`` (fsclip.explain.hooks)."""
+        dense = self.trunk_features(images)
+        with recorded_attention([block.cross_attn for block in self.vt.blocks]) as seen:
+            logits = self.restrict_logits(self.logits_from_dense(dense))
+        out, rows = {"logits": logits}, torch.arange(logits.shape[0], device=logits.device)
+        for l, weights in enumerate(seen, start=1):  # [B, H, K, HW]: the K texts query the HW positions
+            for tag, cls in (("pred", logits.argmax(dim=1)), ("true", labels)):
+                if cls is not None:
+                    out.update(map_entries(f"layer{l}_{tag}", weights[rows, :, cls.to(rows.device)], 0,
+                                           spatial_tokens(self.visual)))  # [B, H, HW]
+        return out
 
     def fit(self) -> None:
         v = self.cfg.TRAINER.VTCLIP

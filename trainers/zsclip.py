@@ -10,14 +10,17 @@ the classes, and so the accuracy, is the same).
 from __future__ import annotations
 
 import time
+from typing import Dict, Optional
 
 import torch
 from yacs.config import CfgNode as CN
 
 from fsclip.adapt.prompts import prompt_classifier
 from fsclip.backend import TRAINER_REGISTRY, TrainerX
+from fsclip.clip.attention import encoder_attention, map_entries, spatial_tokens
 from fsclip.clip.families import load_backbone_from_cfg
 from fsclip.clip.precision import autocast, effective_precision
+from fsclip.errors import ConfigError
 
 
 @TRAINER_REGISTRY.register()
@@ -50,9 +53,25 @@ class ZeroshotCLIP(TrainerX):
 
     @torch.no_grad()
     def model_inference(self, image: torch.Tensor) -> torch.Tensor:
+        return self.image_logits(image)
+
+    def image_logits(self, image: torch.Tensor) -> torch.Tensor:
+        """Logits ``[B, K]`` of preprocessed images; gradients flow back to ``image`` when it
+        requires them (the ``image_logits`` hook, ``fsclip.explain.hooks``)."""
         with autocast(self.prec, self.device):
-            image_features = self.backbone.encode_image(image).float()  # [B, D]
+            image_features = self.backbone.encode_image(image.to(self.device)).float()  # [B, D]
         return self.restrict_logits(self.backbone.logits(image_features, self.text_features))  # [B, K]
+
+    def attention_maps(self, images: torch.Tensor, labels: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+        """CLIP's pooling attention: ``cls`` (ViT: the class token's row in the last block) or
+        ``attnpool`` (ResNet: the attention pool's query), ``[B, H, h, w]`` (fsclip.explain.hooks)."""
+        if "clip-internals" not in self.backbone.capabilities:
+            raise ConfigError(f"attention maps read OpenAI CLIP's attention modules; the {self.backbone.family} "
+                              f"backbone {self.backbone.name!r} has none: use gradcam or shapley on it")
+        images = images.to(self.device)
+        with autocast(self.prec, self.device):
+            name, rows = encoder_attention(self.clip_model, images)  # [B, H, 1 + HW]
+        return {"logits": self.image_logits(images), **map_entries(name, rows, 1, spatial_tokens(self.clip_model))}
 
     def train(self) -> None:  # type: ignore[override]
         """Nothing to train: evaluate once, with the lines log parsers expect."""

@@ -63,9 +63,9 @@ def check_mode(mode: str, key: str, trainable: bool = True) -> str:
     return mode
 
 
-@torch.no_grad()
 def spatial_stem(visual: Any, dense: Tensor, mode: str) -> Tensor:
-    """The frozen part of V_s for G's output ``dense``: ``[B, HW, W]`` float32.
+    """The frozen part of V_s for G's output ``dense``: ``[B, HW, W]`` float32 (CLIP's weights are
+    frozen, so gradients flow only back to ``dense``, when it requires them).
 
     W is CLIP's embedding width D, except in ``learned`` mode, where the stem stops before the
     projection: ResNet map vectors plus the pool's positional embedding (``[B, HW, C]``), or

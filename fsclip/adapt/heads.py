@@ -13,6 +13,7 @@ from typing import Any
 import torch.nn as nn
 from torch import Tensor
 
+from fsclip.clip.attention import attnpool_attention, vit_block_attention
 from fsclip.clip.features import is_vit
 from fsclip.clip.heads import (
     AttnPoolHead, ViTPoolingHead, make_pooling_head, trunk_forward, trunk_kind,
@@ -39,11 +40,15 @@ class DeeperHead(nn.Module):
         self.float().requires_grad_(True)
 
     def forward(self, x: Tensor) -> Tensor:
+        return self.pool(self.pool_input(x))
+
+    def pool_input(self, x: Tensor) -> Tensor:
+        """What the pooling head receives: ``x`` through the copied stages (batch-first tokens)."""
         x = x.float()
         x = x.permute(1, 0, 2) if self.vit else x  # ViT blocks run on [L, B, width]
         for stage in self.stages.values():
             x = stage(x)
-        return self.pool(x.permute(1, 0, 2) if self.vit else x)
+        return x.permute(1, 0, 2) if self.vit else x
 
     def train(self, mode: bool = True) -> "DeeperHead":
         super().train(mode)
@@ -88,3 +93,23 @@ def encoder_with_head(visual: Any, head: nn.Module) -> Any:
     else:
         raise TypeError(f"encoder_with_head: {type(head).__name__} is not a pooling head of make_pooling_head")
     return v
+
+
+def pooling_head_attention(head: nn.Module, dense: Tensor) -> Tensor:
+    """The pooling query's attention of ``head`` over its input ``dense`` (G's output): ``[B, H, L]``.
+
+    ``AttnPoolHead``: the attention pool's query over the mean token and the ``h x w`` map
+    (``L = 1 + HW``); ``ViTPoolingHead``: the class token's row of the block's attention over the
+    ``1 + HW`` tokens (the head computes only that row, so its weights are recomputed here with
+    the block's own attention); ``DeeperHead``: its pooling head's, after its stages;
+    ``HeadWithClassifier``: its head's.
+    """
+    if isinstance(head, HeadWithClassifier):
+        return pooling_head_attention(head.head, dense)
+    if isinstance(head, DeeperHead):
+        return pooling_head_attention(head.pool, head.pool_input(dense))
+    if isinstance(head, ViTPoolingHead):
+        return vit_block_attention(head.block, dense.to(head.proj.dtype))[:, :, 0]
+    if isinstance(head, AttnPoolHead):
+        return attnpool_attention(head.attnpool, dense.to(head.attnpool.q_proj.weight.dtype))
+    raise TypeError(f"no pooling attention for a {type(head).__name__}")

@@ -2,7 +2,8 @@
 
 A subclass implements ``build_method()`` (its modules, registered with ``register_model``),
 ``fit()`` (training and every hyperparameter choice, on train and val features only) and
-``logits_from_dense(dense)``. The base class loads CLIP, builds the text classifier W_c, splits
+``logits_from_dense(dense)`` (gradient-transparent: evaluation calls it under ``no_grad``, the
+``image_logits`` hook with gradients). The base class loads CLIP, builds the text classifier W_c, splits
 the image encoder into G and the pooling head (``fsclip.adapt.heads``), serves G's features per
 split through the shared feature cache, and evaluates.
 
@@ -15,7 +16,7 @@ from __future__ import annotations
 import datetime
 import os.path as osp
 import time
-from typing import Any, Iterator, Optional, Tuple
+from typing import Any, Dict, Iterator, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +25,7 @@ from yacs.config import CfgNode as CN
 
 from fsclip.backend import TrainerX
 from fsclip.clip.families import load_backbone_from_cfg
+from fsclip.clip.attention import map_entries, spatial_tokens
 from fsclip.clip.precision import PrecisionChecks, autocast, effective_precision
 from fsclip.clip.text import text_classifier
 from fsclip.engine.data.transforms import build_transform
@@ -34,6 +36,7 @@ from fsclip.templates import template_pool
 
 from .cache import cache_from_cfg, fingerprint_tensors
 from .extract import describe_transform, extract_views, impaths_of, labels_of
+from .heads import pooling_head_attention
 from .prompts import MINED, mine_templates, prompt_classifier
 from .search import TrainingDivergedError
 
@@ -202,11 +205,17 @@ class FrozenFeatureTrainer(PrecisionChecks, TrainerX):
         dtype = str(next(self.visual.parameters()).dtype)
         return dtype + "+amp" if self.prec == "amp" else dtype
 
+    def trunk_features(self, images: Tensor) -> Tensor:
+        """``G(x)`` in the run's precision, gradients flowing back to ``images`` when they require
+        them (``trunk`` is the no-grad form feature extraction uses; the OpenAI backbone's trunk
+        lets gradients through, so ``image_logits`` has them there)."""
+        with self.autocast():
+            return self.backbone.trunk(images.to(self.device))
+
     @torch.no_grad()
     def trunk(self, images: Tensor) -> Tensor:
         """``G(x)`` in the run's precision."""
-        with self.autocast():
-            return self.backbone.trunk(images.to(self.device))
+        return self.trunk_features(images)
 
     @torch.no_grad()
     def pooled(self, head: torch.nn.Module, dense: Tensor, batch_size: int = 256) -> Tensor:
@@ -309,6 +318,20 @@ class FrozenFeatureTrainer(PrecisionChecks, TrainerX):
                 f"The {name} model in {directory} scores {saved} classes but this run evaluates {mine} classes "
                 f"of {self.cfg.DATASET.NAME}: evaluate it on the classes it was built on (DATASET.NAME, "
                 f"DATASET.SUBSAMPLE_CLASSES, the same class folders), or train {name} on these classes")
+
+    def pooling_attention(self, dense: Tensor, **heads: torch.nn.Module) -> Dict[str, Tensor]:
+        """Entries of an ``attention_maps`` hook for named pooling heads over G's output ``dense``:
+        each head's pooling-query attention on the spatial grid ``name`` ``[B, H, h, w]`` and its
+        weight on the mean / class token ``name/rest`` ``[B, H]`` (``fsclip.explain.hooks``)."""
+        out: Dict[str, Tensor] = {}
+        for name, head in heads.items():
+            out.update(map_entries(name, pooling_head_attention(head, dense), 1, spatial_tokens(self.visual)))
+        return out
+
+    def image_logits(self, images: Tensor) -> Tensor:
+        """``model_inference`` with gradients: the method's whole forward from preprocessed images
+        ``[B, 3, H, W]`` to logits ``[B, K]`` (the ``image_logits`` hook, ``fsclip.explain.hooks``)."""
+        return self.restrict_logits(self.logits_from_dense(self.trunk_features(images)))
 
     def log_choice(self, what: str, **params: Any) -> None:
         shown = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())

@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-import torch
 import torch.nn as nn
 from torch import Tensor
 
@@ -56,9 +55,9 @@ def make_pooling_head(visual: Any) -> nn.Module:
     return head.float().requires_grad_(True)
 
 
-@torch.no_grad()
 def trunk_forward(visual: Any, images: Tensor) -> Tensor:
-    """``G(x)``: ``[B, C, H, W]`` (ResNet) or ``[B, 1 + HW, width]`` tokens before the last block (ViT)."""
+    """``G(x)``: ``[B, C, H, W]`` (ResNet) or ``[B, 1 + HW, width]`` tokens before the last block (ViT).
+    Gradients flow to ``images`` when they require them (CLIP's weights are frozen)."""
     if is_vit(visual):
         return vit_tokens(visual, images, n_last_blocks_skipped=1)
     return resnet_trunk(visual, images)

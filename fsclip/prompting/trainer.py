@@ -38,6 +38,7 @@ from yacs.config import CfgNode as CN
 
 from fsclip.adapt.linear import accuracy
 from fsclip.adapt.trainer import FrozenFeatureTrainer
+from fsclip.clip.features import is_vit
 from fsclip.clip.precision import grad_scaler
 from fsclip.engine.checkpoint import load_pretrained_weights
 from fsclip.engine.optim import build_lr_scheduler, build_optimizer
@@ -135,6 +136,21 @@ class PromptLearningTrainer(FrozenFeatureTrainer):
 
     def logits_from_dense(self, dense: Tensor) -> Tensor:
         return self.logits(self.head_o(dense.float()))
+
+    def image_logits(self, images: Tensor) -> Tensor:
+        """The ``image_logits`` hook (fsclip.explain.hooks): gradients through the image path; the
+        class text, when it does not depend on the image, is encoded once without them."""
+        dense = self.trunk_features(images)
+        with torch.no_grad():
+            text = self.eval_text_features()
+        return self.restrict_logits(self.logits(self.head_o(dense.float()), text))
+
+    def attention_maps(self, images: Tensor, labels: Optional[Tensor] = None) -> Dict[str, Tensor]:
+        """CLIP's own image encoder (the prompts are text-side): its pooling attention, ``cls`` (ViT:
+        the class token's row in the last block) or ``attnpool`` (ResNet), ``[B, H, h, w]``."""
+        dense = self.trunk_features(images)
+        name = "cls" if is_vit(self.visual) else "attnpool"
+        return {"logits": self.image_logits(images), **self.pooling_attention(dense, **{name: self.head_o})}
 
     def scale(self, loss: Tensor) -> Tensor:
         return self.scaler.scale(loss) if self.scaler is not None else loss

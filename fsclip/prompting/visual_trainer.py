@@ -190,7 +190,19 @@ class VisualPromptTrainer(PrecisionChecks, TrainerX):
     def model_inference(self, inputs: Any) -> Tensor:
         """Logits ``[B, K]`` from ``(images, frozen features)`` or from images alone."""
         images, frozen = inputs if isinstance(inputs, tuple) else (inputs, None)
+        return self.prompted_forward(images, frozen)[0]
+
+    def prompted_forward(self, images: Tensor, frozen: Optional[Tensor] = None) -> Tuple[Tensor, Dict[str, Any]]:
+        """``forward_logits`` in the run's precision from images ``[B, 3, H, W]`` (the frozen
+        features, when the method needs them and none are given, computed without gradients):
+        float logits ``[B, K]`` and the method's aux outputs."""
+        images = images.to(self.device)
         if frozen is None and self.needs_frozen:
             frozen = F.normalize(self.encode_frozen(images).float(), dim=-1)
         with self.autocast():
-            return self.forward_logits(images, frozen)[0].float()
+            logits, aux = self.forward_logits(images, frozen)
+        return logits.float(), aux
+
+    def image_logits(self, images: Tensor) -> Tensor:
+        """The ``image_logits`` hook (fsclip.explain.hooks): ``model_inference`` with gradients."""
+        return self.restrict_logits(self.prompted_forward(images)[0])
