@@ -27,7 +27,7 @@ from fsclip.adapt.cache import fingerprint_tensors
 from fsclip.engine.utils import atomic_torch_save
 
 CACHE_FORMAT = 1
-RESIDUAL_TOL = 1e-5  # |W x - U diag(s) V^T x| / |W x| of a sound factorisation (float32: ~1e-7)
+RESIDUAL_TOL = 1e-4  # bound on |W x - U diag(s) V^T x| / |W x| (float32 SVDs at ViT-B/16's sizes: ~2e-6)
 
 Factors = Tuple[Tensor, Tensor, Tensor]  # U [m, k], s [k], V^T [k, n]
 
