@@ -34,7 +34,7 @@ from fsclip.protocol import resolve_max_epoch
 
 from fsclip.datasets.synthetic import SynthShapes
 from fsclip.kit import synth
-from fsclip.kit.realsize import DPT, SMOKE_BUDGETS
+from fsclip.kit.realsize import SMOKE_BUDGETS, VIT_ONLY
 from kit_learning import REPO, config_file
 
 TEST_PER_CLASS = 3  # SynthShapes' test split cut to 3 images per class: fp16 convs are slow on a CPU
@@ -73,7 +73,7 @@ def precision_keys(cfg) -> List[str]:
 
 
 def supports(trainer: str, arch: str) -> bool:
-    return arch == "micro_vit" or trainer not in DPT  # DPT prompts a vision transformer
+    return arch == "micro_vit" or trainer not in VIT_ONLY  # DPT prompts a vision transformer, CLIP-SVD adapts one
 
 
 def build(trainer: str, arch: str, prec: str, root: str, cache: str, out: str,

@@ -267,6 +267,17 @@ def test_average_only_table_compares_the_mean_over_its_datasets(tmp_path):
     assert avg.diff == pytest.approx(75.0 - 75.75) and avg.flags == [">2std"]  # std 0.08
 
 
+def test_the_clip_svd_rows_compare_with_clipsvd_runs(tmp_path):
+    """The published CLIP-SVD averages stand for the CLIPSVD trainer's runs (vit_b16)."""
+    from results_tree import seed_runs
+
+    ref = load("clipsvd_fewshot_avg")
+    for d in ref.average_over:
+        seed_runs(str(tmp_path / d / "CLIPSVD" / "vit_b16_4shots"), [77.9, 78.0, 78.1], "CLIPSVD", "vit_b16", d)
+    avg = _row(_table(compare(collect_runs(str(tmp_path)), ref), 4), "CLIP-SVD vs CLIPSVD")["Average"]
+    assert avg.published == 78.18 and avg.diff == pytest.approx(78.0 - 78.18)
+
+
 def test_row_patterns_tell_shallow_from_deep_configs(tmp_path):
     """DPT Table 1: VPT_CLIP with a *_shallow config is VPT-CLIP-Shallow, else VPT-CLIP-Deep."""
     from results_tree import seed_runs

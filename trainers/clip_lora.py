@@ -26,36 +26,29 @@ created after CLIP is frozen, so they are what trains (#6).
 
 Checkpoints hold only the low-rank factors (the ``lora`` model); ``export_merged(path)`` writes
 CLIP with every ``W + s B A`` folded in, for deployment without fsclip. Precision is
-TRAINER.FEATURES.PREC: fp16 keeps CLIP's half weights with float32 factors.
+TRAINER.FEATURES.PREC: fp16 keeps CLIP's half weights with float32 factors. The training loop,
+evaluation and export are fsclip.lowrank.trainer's, shared with CLIP-SVD.
 """
 
 from __future__ import annotations
 
-import copy
-import math
-from typing import Any, Dict, List, Optional, Tuple
-
-import torch
 import torch.nn as nn
-import torch.nn.functional as F
-from torch import Tensor
 from yacs.config import CfgNode as CN
 
 from fsclip.adapt.trainer import add_features_cfg
-from fsclip.backend import TRAINER_REGISTRY, TrainerX
+from fsclip.backend import TRAINER_REGISTRY
 from fsclip.clip.features import is_vit
-from fsclip.clip.loader import input_resolution, load_clip_from_cfg
-from fsclip.clip.precision import PrecisionChecks, autocast, effective_precision, grad_scaler
-from fsclip.clip.text import tokenize_short
-from fsclip.engine.optim import build_optimizer
 from fsclip.errors import ConfigError
 from fsclip.lowrank.lora import apply_lora, check_lora_options, merge_lora
-from fsclip.templates import get_templates
+from fsclip.lowrank.trainer import EncoderTuningTrainer
 
 
 @TRAINER_REGISTRY.register()
-class CLIPLoRA(PrecisionChecks, TrainerX):
+class CLIPLoRA(EncoderTuningTrainer):
     """LoRA on the q/k/v projections of CLIP's encoders, trained with cross-entropy (Eq. 1-3)."""
+
+    cfg_node = "CLIP_LORA"
+    model_name = "lora"
 
     @classmethod
     def extend_cfg(cls, cfg) -> None:
@@ -74,20 +67,13 @@ class CLIPLoRA(PrecisionChecks, TrainerX):
         c.LOGIT_SCALE = 100.0  # tau of Eq. 2; 0 = CLIP's learned logit scale
         c.TEMPLATE = ""  # "" = the dataset's single template (e.g. "a photo of a {}.")
 
-    # ------------------------------------------------------------------ building
-    def build_model(self) -> None:
+    def check_options(self) -> None:
+        c = self.cfg.TRAINER.CLIP_LORA
+        check_lora_options(list(c.ENCODERS), list(c.POSITIONS) or "all", list(c.PARAMS), "TRAINER.CLIP_LORA")
+
+    def adapt_clip(self) -> nn.Module:
+        """Eq. 1 in the chosen blocks; returns the factors (``self.lora``)."""
         cfg, c = self.cfg, self.cfg.TRAINER.CLIP_LORA
-        self.prec = effective_precision(cfg.TRAINER.FEATURES.PREC, self.device)
-        self.prec_key = "TRAINER.FEATURES.PREC"
-        positions = list(c.POSITIONS) or "all"
-        check_lora_options(list(c.ENCODERS), positions, list(c.PARAMS), "TRAINER.CLIP_LORA")
-        print(f"Loading CLIP (backbone: {cfg.MODEL.BACKBONE.NAME})")
-        self.clip_model = load_clip_from_cfg(cfg, precision=self.prec, device=self.device)
-        self.clip_model.requires_grad_(False).eval()
-        size = input_resolution(self.clip_model)
-        if tuple(cfg.INPUT.SIZE) != (size, size):
-            raise ConfigError(f"INPUT.SIZE is {tuple(cfg.INPUT.SIZE)} but {cfg.MODEL.BACKBONE.NAME} takes "
-                              f"{size}x{size} images: set INPUT.SIZE ({size}, {size})")
         encoders = list(c.ENCODERS)
         if not is_vit(self.clip_model) and "vision" in encoders:
             encoders.remove("vision")
@@ -96,8 +82,8 @@ class CLIPLoRA(PrecisionChecks, TrainerX):
                                   "ResNet (no attention blocks): add \"text\" or use a ViT backbone")
             print(f"Note: {cfg.MODEL.BACKBONE.NAME} is a ResNet: LoRA adapts the text encoder only")
         try:
-            sites = apply_lora(self.clip_model, encoders, positions, list(c.PARAMS), int(c.R), float(c.ALPHA),
-                               float(c.DROPOUT))  # Eq. 1
+            sites = apply_lora(self.clip_model, encoders, list(c.POSITIONS) or "all", list(c.PARAMS), int(c.R),
+                               float(c.ALPHA), float(c.DROPOUT))  # Eq. 1
         except ValueError as err:
             raise ConfigError(f"TRAINER.CLIP_LORA (R, DROPOUT or POSITIONS): {err}; use R >= 1, 0 <= DROPOUT < 1 "
                               "and block indices of the backbone") from None
@@ -105,93 +91,7 @@ class CLIPLoRA(PrecisionChecks, TrainerX):
         n = sum(p.numel() for p in self.lora.parameters())
         print(f"LoRA r={c.R} alpha={c.ALPHA} dropout={c.DROPOUT} on {list(c.PARAMS)} of {len(sites)} blocks "
               f"({', '.join(encoders)}): {n:,} trainable params")
-        self.classnames = list(self.dm.dataset.classnames)
-        template = c.TEMPLATE or get_templates(cfg.DATASET.NAME, "single")[0]
-        print(f"Text prompts: {template!r}")
-        self.tokens = tokenize_short([template.format(name) for name in self.classnames],
-                                     context_length=self.clip_model.context_length).to(self.device)
-        self.tau = float(c.LOGIT_SCALE) or float(self.clip_model.logit_scale.exp().item())
-        self.amp = self.prec == "amp"
-        self.scaler = grad_scaler(self.prec, self.device)
-        optim = build_optimizer(self.lora, cfg.OPTIM)  # Eq. 3: AdamW
-        self.register_model("lora", self.lora, optim, None)
-        per_epoch = len(self.train_loader_x)
-        if int(c.N_ITERS) > 0:
-            total = int(c.N_ITERS) * max(int(cfg.DATASET.NUM_SHOTS), 1)
-            self.max_epoch = math.ceil(total / per_epoch)
-            print(f"{total} iterations (N_ITERS {c.N_ITERS} x shots): {self.max_epoch} epochs of {per_epoch} batches")
-        steps = max(self.max_epoch * per_epoch, 1)
-        self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(optim, T_max=steps, eta_min=float(c.ETA_MIN))
-        self._eval_text: Optional[Tensor] = None
+        return self.lora
 
-    # ------------------------------------------------------------------ the model
-    def autocast(self) -> Any:
-        return autocast(self.prec, self.device)
-
-    def text_features(self) -> Tensor:
-        """g'(t_k) for every class ``[K, D]`` (Eq. 2): re-encoded at every training step."""
-        if self._eval_text is not None:
-            return self._eval_text
-        return self.clip_model.encode_text(self.tokens)
-
-    def forward_logits(self, images: Tensor) -> Tensor:
-        """tau * cos(f'(x), g'(t_k)) ``[B, K]`` in float32 (Eq. 2)."""
-        image = self.clip_model.encode_image(images.to(self.device, self.clip_model.dtype))
-        text = self.text_features()
-        return self.tau * F.normalize(image.float(), dim=-1) @ F.normalize(text.float(), dim=-1).t()
-
-    # ------------------------------------------------------------------ training
-    def forward_backward(self, batch: Dict[str, Any]) -> Dict[str, float]:
-        images, labels = batch["img"].to(self.device), batch["label"].to(self.device)
-        with self.autocast():
-            logits = self.forward_logits(images)
-            loss = F.cross_entropy(logits, labels)  # Eq. 3
-        self.model_zero_grad()
-        if self.scaler is None:
-            self.model_backward(loss)  # detect_anomaly (PrecisionChecks) first
-            self.check_gradients(self.lora.parameters())
-            self.model_update()
-        else:
-            self.detect_anomaly(loss)
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self._optims["lora"])
-            self.scaler.update()
-        self.sched.step()  # cosine, per iteration
-        return {"loss": loss.item(), "acc": (logits.argmax(dim=1) == labels).float().mean().item() * 100,
-                "lr": self.sched.get_last_lr()[0]}
-
-    # ------------------------------------------------------------------ evaluation
-    @torch.no_grad()
-    def test(self, split: Optional[str] = None) -> float:
-        """Evaluation with the update folded in (eval mode) and the class text encoded once."""
-        self.set_model_mode("eval")
-        with self.autocast():
-            self._eval_text = self.clip_model.encode_text(self.tokens)
-        try:
-            return super().test(split)
-        finally:
-            self._eval_text = None
-
-    @torch.no_grad()
-    def model_inference(self, images: Tensor) -> Tensor:
-        with self.autocast():
-            return self.restrict_logits(self.forward_logits(images).float())
-
-    def image_logits(self, images: Tensor) -> Tensor:
-        """``model_inference`` with gradients through the image encoder (the class text encoded once
-        without them): the ``image_logits`` hook, ``fsclip.explain.hooks``."""
-        with torch.no_grad(), self.autocast():
-            self._eval_text = self.clip_model.encode_text(self.tokens)
-        try:
-            with self.autocast():
-                return self.restrict_logits(self.forward_logits(images.to(self.device)).float())
-        finally:
-            self._eval_text = None
-
-    def export_merged(self, path: str) -> nn.Module:
-        """Save CLIP with every ``W + s B A`` merged (a plain clip-anytorch state dict) to ``path``
-        and return that model."""
-        merged = merge_lora(copy.deepcopy(self.clip_model).eval())
-        torch.save(merged.state_dict(), path)
-        print(f"Merged CLIP-LoRA model written to {path}")
-        return merged
+    def merge(self, model: nn.Module) -> nn.Module:
+        return merge_lora(model)  # W + s B A

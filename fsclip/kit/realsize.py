@@ -20,6 +20,7 @@ from typing import Dict, List, Optional, Sequence
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 DPT = ("VPT_CLIP", "VPT_CLIP_CAVPT", "VLP_CLIP", "VLP_CLIP_CAVPT")
 PROMPT_FAMILY = ("CoOp", "CoCoOp", "ProGrad", "KgCoOp") + DPT
+VIT_ONLY = DPT + ("CLIPSVD",)  # trainers that need a vision transformer (no ResNet configs)
 
 # The smallest budgets that still run every part of a method (a few steps, a 2-setting search).
 SMOKE_BUDGETS: Dict[str, List] = {
@@ -48,6 +49,7 @@ SMOKE_BUDGETS: Dict[str, List] = {
     "KgCoOp": ["OPTIM.MAX_EPOCH", 2],
     **{name: ["OPTIM.MAX_EPOCH", 1] for name in DPT},
     "CLIPLoRA": ["TRAINER.CLIP_LORA.N_ITERS", 1],
+    "CLIPSVD": ["TRAINER.CLIP_SVD.N_ITERS", 1],
 }
 
 # the shipped config of each trainer for a release (CoCoOp's names carry its settings)
@@ -56,9 +58,10 @@ _COCOOP = {"RN50": "rn50_c4_ep10_batch1_ctxv1", "ViT-B/16": "vit_b16_c4_ep10_bat
 
 
 def supports(trainer: str, release: str) -> bool:
-    """DPT prompts a vision transformer; CoCoOp ships configs for RN50 and ViT-B/16; CLIP-LoRA
-    ships ViT configs only (on a ResNet it adapts the text encoder alone: a kit config only)."""
-    if trainer in DPT or trainer == "CLIPLoRA":
+    """DPT prompts a vision transformer and CLIP-SVD adapts one; CoCoOp ships configs for RN50 and
+    ViT-B/16; CLIP-LoRA ships ViT configs only (on a ResNet it adapts the text encoder alone: a kit
+    config only)."""
+    if trainer in VIT_ONLY or trainer == "CLIPLoRA":
         return release.startswith("ViT")
     return trainer != "CoCoOp" or release in _COCOOP
 
