@@ -120,3 +120,33 @@ def test_the_walk_finds_a_cycle_through_a_deferred_relative_import(tmp_path):
     assert find_cycle(graph) == ["pkg.a", "pkg.sub.b", "pkg.a"]
     (pkg / "sub" / "b.py").write_text("def f():\n    return 1\n")
     assert find_cycle(import_graph(str(tmp_path), {"pkg": "pkg"})) is None
+
+
+# The floors of the house: (importer prefixes, what they must not import, why)
+FLOORS = [
+    (("fsclip.engine",), ("fsclip.adapt", "fsclip.prompting", "fsclip.lowrank", "fsclip.trainers", "fsclip.clip",
+                          "fsclip.explain", "fsclip.datasets"), "the engine knows no method, no CLIP, no benchmark"),
+    (("fsclip.trainers", "fsclip.adapt", "fsclip.prompting", "fsclip.lowrank", "fsclip.clip", "fsclip.engine"),
+     ("fsclip.explain",), "fsclip.explain reads models through their hooks; methods never import it"),
+]
+
+
+def floor_violations(graph: Dict[str, Set[str]]) -> List[str]:
+    def under(name: str, prefixes) -> bool:
+        return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+    return [f"{m} imports {dep} ({why})" for importers, banned, why in FLOORS
+            for m, deps in sorted(graph.items()) if under(m, importers)
+            for dep in sorted(deps) if under(dep, banned)]
+
+
+def test_the_engine_and_the_methods_stay_below_what_uses_them():
+    repo = osp.dirname(osp.dirname(osp.abspath(__file__)))
+    graph = import_graph(repo, ROOTS)
+    assert any(m.startswith("fsclip.explain.") for m in graph)  # the walk sees the package
+    assert floor_violations(graph) == []
+    bad = dict(graph, **{"fsclip.trainers.x": {"fsclip.explain.source"}, "fsclip.engine.y": {"fsclip.clip.loader"}})
+    assert floor_violations(bad) == [
+        "fsclip.engine.y imports fsclip.clip.loader (the engine knows no method, no CLIP, no benchmark)",
+        "fsclip.trainers.x imports fsclip.explain.source (fsclip.explain reads models through their hooks; "
+        "methods never import it)"]
