@@ -131,3 +131,34 @@ def test_every_trainer_at_real_size(trainer, release, prec, realsize_root, weigh
         for pname, p in model.named_parameters():
             if p.requires_grad:
                 assert p.dtype == torch.float32 and torch.isfinite(p).all(), f"{name}.{pname} under {prec}"
+
+
+# the methods that run on an OpenCLIP ViT (docs/backbones.md), each through one step at real size
+OPENCLIP_CASES = ("ZeroshotCLIP2", "LinearProbe", "TipAdapter", "TipAdapterF", "CrossModal", "WiSEFT",
+                  "CLIPAdapter", "LPPP", "GDA", "ProKeR", "SAFE", "CoOp")
+
+
+@pytest.fixture(scope="module")
+def openclip_vit_b16(tmp_path_factory):
+    """OpenCLIP's ViT-B-16 with random weights, as ``openclip:ViT-B-16:<file>`` (149,620,737 params)."""
+    open_clip = pytest.importorskip("open_clip")
+    path = str(tmp_path_factory.mktemp("openclip_b16") / "vit_b16.bin")
+    torch.save(open_clip.create_model("ViT-B-16").state_dict(), path)
+    return f"openclip:ViT-B-16:{path}"
+
+
+@pytest.mark.realsize
+@pytest.mark.parametrize("trainer", OPENCLIP_CASES)
+def test_every_openclip_method_at_real_size(trainer, openclip_vit_b16, realsize_root, weights_dir, tmp_path):
+    """One training step and one eval batch at 224 px, 100 classes, on a real-size OpenCLIP ViT."""
+    from fsclip.kit.realsize import real_size_trainer
+
+    opts = ["MODEL.BACKBONE.NAME", openclip_vit_b16] + (["TRAINER.SAFE.GRID_BATCHED", False] if trainer == "SAFE" else [])
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        t = real_size_trainer(trainer, "ViT-B/16", "fp32", realsize_root, weights_dir, str(tmp_path / "run"), DEVICE,
+                              opts=opts)
+        t.train()
+    acc = [float(a) for a in re.findall(r"^\* accuracy: ([\d.]+)%$", buf.getvalue(), re.M)]
+    assert acc and 0.0 <= acc[-1] <= 100.0, buf.getvalue()[-2000:]
+    assert t.backbone.family != "openai" and t.dm.num_classes == 100
