@@ -1,11 +1,11 @@
 """Shared pieces of the benchmark datasets: the error, the readers and two base classes.
 
-Every dataset in this folder reads CoOp's on-disk layout (see DATASETS.md) and then goes
+Every dataset in this folder reads CoOp's on-disk layout (see docs/datasets.md) and then goes
 through ``BenchmarkDataset.finish``: CoOp-identical few-shot selection cached as JSON
 (``fsclip.engine.data.base.load_or_create_fewshot``) and CoCoOp's base/new class split.
 
 Set-up problems (missing root, folder, split file, listed image, empty class, malformed split
-file) raise one ``DatasetError`` naming the dataset, the path and the DATASETS.md section.
+file) raise one ``DatasetError`` naming the dataset, the path and the docs/datasets.md section.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from fsclip.backend import DatasetBase, Datum
 from fsclip.engine.data.base import SplitWriteError, load_or_create_fewshot, subsample_classes
 from fsclip.errors import DataError
 
-DOCS = "DATASETS.md"
+DOCS = "docs/datasets.md"
 
 Row = Tuple[str, int, str]  # (image path, label, class name)
 
@@ -30,7 +30,7 @@ class DatasetError(DataError):
     one ``ERROR:`` line).
 
     ``dataset`` is the registered class name, ``path`` the offending file or folder and
-    ``section`` the DATASETS.md anchor that explains the expected layout.
+    ``section`` the docs/datasets.md anchor that explains the expected layout.
     """
 
     def __init__(self, dataset: str, path: str, problem: str, section: str) -> None:
@@ -133,7 +133,7 @@ class BenchmarkDataset(DatasetBase):
 
     @classmethod
     def section(cls) -> str:
-        """The DATASETS.md anchor for this dataset (its heading is the class name)."""
+        """The docs/datasets.md anchor for this dataset (its heading is the class name)."""
         return cls.__name__.lower()
 
     def error(self, path: str, problem: str) -> DatasetError:

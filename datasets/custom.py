@@ -48,7 +48,7 @@ def min_images_per_class(p_train: float, p_val: float, limit: int = 1000) -> int
 
 @DATASET_REGISTRY.register()
 class Custom(BenchmarkDataset):
-    """A folder of class folders (see the module docstring and DATASETS.md#custom)."""
+    """A folder of class folders (see the module docstring and docs/datasets.md#custom)."""
 
     dataset_dir = ""
     template = "a photo of a {}."

@@ -533,7 +533,7 @@ def test_custom_errors(tmp_path):
     os.makedirs(osp.join(root, "mypets", "empty_class"))
     with pytest.raises(DatasetError, match="class folder holds no image") as err:
         build("custom", root, opts=("DATASET.CUSTOM_DIR", "mypets"))
-    assert "empty_class" in str(err.value) and "DATASETS.md#custom" in str(err.value)
+    assert "empty_class" in str(err.value) and "docs/datasets.md#custom" in str(err.value)
 
 
 @pytest.mark.parametrize("layout", ["flat", "split_folders", "subsample"])
@@ -567,7 +567,7 @@ ALL_YAML["Custom"] = "custom"
 def test_missing_root_and_dataset_folder(tmp_path, name):
     with pytest.raises(DatasetError, match="DATASET.ROOT is empty; pass --root") as err:
         build(ALL_YAML[name], "")
-    assert f"DATASETS.md#{name.lower()}" in str(err.value) and name in str(err.value)
+    assert f"docs/datasets.md#{name.lower()}" in str(err.value) and name in str(err.value)
     missing_root = str(tmp_path / "no_such_root")
     with pytest.raises(FileNotFoundError, match="is not a folder") as err:
         build(ALL_YAML[name], missing_root)
@@ -576,7 +576,7 @@ def test_missing_root_and_dataset_folder(tmp_path, name):
         build(ALL_YAML[name], str(tmp_path))
     folder = "custom" if name == "Custom" else DATASET_REGISTRY.get(name).dataset_dir
     assert osp.join(str(tmp_path), folder) in str(err.value)
-    assert f"DATASETS.md#{name.lower()}" in str(err.value)
+    assert f"docs/datasets.md#{name.lower()}" in str(err.value)
 
 
 def test_missing_split_file(tmp_path):
@@ -585,7 +585,7 @@ def test_missing_split_file(tmp_path):
     os.remove(path)
     with pytest.raises(DatasetError, match="split file not found") as err:
         build("caltech101", str(tmp_path))
-    assert path in str(err.value) and "DATASETS.md#caltech101" in str(err.value)
+    assert path in str(err.value) and "docs/datasets.md#caltech101" in str(err.value)
 
 
 def test_missing_listed_image(tmp_path):
@@ -718,7 +718,7 @@ def test_imagenetv2_missing_class_folder(tmp_path):
     shutil.rmtree(folder)
     with pytest.raises(DatasetError, match="class folder not found") as err:
         build("imagenetv2", str(tmp_path))
-    assert folder in str(err.value) and "DATASETS.md#imagenetv2" in str(err.value)
+    assert folder in str(err.value) and "docs/datasets.md#imagenetv2" in str(err.value)
 
 
 def test_error_is_one_line_and_a_file_not_found_error():
@@ -729,12 +729,12 @@ def test_error_is_one_line_and_a_file_not_found_error():
 
 
 def test_every_cited_section_exists_in_datasets_md():
-    with open(osp.join(REPO, "DATASETS.md"), encoding="utf-8") as f:
+    with open(osp.join(REPO, "docs", "datasets.md"), encoding="utf-8") as f:
         headings = {line[3:].strip().lower() for line in f if line.startswith("## ")}
     for name in DATASET_REGISTRY.registered_names():
         cls = DATASET_REGISTRY.get(name)
         if isinstance(cls, type) and issubclass(cls, BenchmarkDataset):
-            assert cls.section() in headings, f"DATASETS.md has no '## {name}' section"
+            assert cls.section() in headings, f"docs/datasets.md has no '## {name}' section"
 
 
 # ----------------------------------------------------------------------------- processes

@@ -69,14 +69,16 @@ def test_expansion_gives_exactly_the_runs_of_every_method_script(tmp_path):
     assert {"SAFE", "TipAdapter"} <= set(scripts)
     opts = ("OPTIM.LR", "0.5", "TRAINER.FEATURES.CACHE_DIR", "/f")
     for trainer, script in scripts.items():
-        grid = Grid([Method(trainer, "micro_rn")], ["synth_shapes"], shots=[1, 2], seeds=[1, 2], opts=opts,
+        # the kit config it has (ViT-only methods: micro_vit)
+        kit = "micro_rn" if osp.isfile(osp.join(REPO, "configs", "trainers", trainer, "micro_rn.yaml")) else "micro_vit"
+        grid = Grid([Method(trainer, kit)], ["synth_shapes"], shots=[1, 2], seeds=[1, 2], opts=opts,
                     data="/kit/data", output=str(tmp_path / "output"))
         expected = [list(r.argv) for r in expand(grid, trainers, cwd=REPO)]
         got = [argv for shots in ("1", "2")
-               for argv in script_runs(tmp_path, script, "synth_shapes", shots, "micro_rn", *opts, SEEDS="1 2")]
+               for argv in script_runs(tmp_path, script, "synth_shapes", shots, kit, *opts, SEEDS="1 2")]
         assert got == expected, script
         assert [r.out_dir for r in expand(grid, trainers, cwd=REPO)][:2] == [
-            str(tmp_path / "output" / "synth_shapes" / trainer / "micro_rn_1shots" / f"seed{s}") for s in (1, 2)]
+            str(tmp_path / "output" / "synth_shapes" / trainer / f"{kit}_1shots" / f"seed{s}") for s in (1, 2)]
     # a tag (the scripts' CFG_TAG) and zero-shot trainers (shots 0: the zeroshot.sh layout, no seed;
     # ZeroshotCLIP2 has no config folder of its own and uses its base class's, as the script does)
     tagged = Grid([Method("SAFE", "micro_rn", tag="beta0.9")], ["synth_shapes"], shots=[4], seeds=[3],

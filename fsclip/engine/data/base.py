@@ -343,7 +343,7 @@ def empty_split_message(cfg: Any, split: str, context: str = "") -> str:
     return (f"Dataset {cfg.DATASET.NAME}: the {split} split has no images"
             + (f" ({context})" if context else "")
             + f"; it needs {need}. Check DATASET.ROOT and the dataset's folder or split file "
-              "(DATASETS.md describes each layout)")
+              "(docs/datasets.md describes each layout)")
 
 
 subsample_classes = DatasetBase.subsample_classes

@@ -80,7 +80,7 @@ def read_image(path: str) -> Image.Image:
     except FileNotFoundError:
         raise ImageReadError(
             f"Image file not found: {path}. The dataset split lists it; check DATASET.ROOT "
-            f"and that the dataset was extracted completely (see DATASETS.md)."
+            f"and that the dataset was extracted completely (see docs/datasets.md)."
         ) from None
     except Image.DecompressionBombError as err:
         raise ImageReadError(
