@@ -15,9 +15,16 @@ pytestmark = [
 METHODS = ["MaPLe", "PromptSRC"]
 
 
-@pytest.fixture(scope="module")
-def results(kit_root, kit_cache, tmp_path_factory):
-    return learning_table("micro_vit", METHODS, kit_root, kit_cache, tmp_path_factory.mktemp("learn_maple"))
+_TABLES = {}
+
+
+@pytest.fixture
+def results(kit_root, kit_cache, tmp_path_factory, method):
+    """The method's table (one per method, so that ``-k MaPLe`` runs MaPLe's runs only)."""
+    if method not in _TABLES:
+        _TABLES[method] = learning_table("micro_vit", [method], kit_root, kit_cache,
+                                         tmp_path_factory.mktemp(f"learn_{method}"))
+    return _TABLES[method]
 
 
 @pytest.mark.parametrize("dataset", DATASETS)
