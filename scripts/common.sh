@@ -144,6 +144,22 @@ fewshot_eval() {
     $PYTHON parse_test_res.py "$base" --test-log
 }
 
+# transfer_eval TRAINER CFG SOURCE SHOTS TARGET [KEY VALUE ...]
+#   Evaluates each seed's model trained on SOURCE (${OUTPUT}/SOURCE/TRAINER/CFG_SHOTSshots/seedS)
+#   on TARGET, eval-only, into ${OUTPUT}/evaluation/TARGET/TRAINER/CFG_SHOTSshots_from_SOURCE/seedS
+#   (rerun rule as above), then prints the target's mean +- std. The shared step of the
+#   distribution-shift (fewshot_ood) and cross-dataset (xd_test) protocols; train.py checks that
+#   the model fits the target's classes (fsclip/model_dir.py: class-agnostic prompts only).
+transfer_eval() {
+    local trainer=$1 cfg=$2 source=$3 shots=$4 target=$5
+    shift 5
+    local name base
+    name="$(cfg_name "$cfg")_${shots}shots"
+    base="${OUTPUT}/evaluation/${target}/${trainer}/${name}_from_${source}"
+    seed_runs test "$trainer" "$target" "$cfg" "$base" "${OUTPUT}/${source}/${trainer}/${name}" "$@" || return $?
+    $PYTHON parse_test_res.py "$base" --test-log
+}
+
 # fewshot_ood TRAINER [CFG] [KEY VALUE ...]
 #   Trains on ${OOD_SOURCE:-imagenet} with ${OOD_SHOTS:-16} shots (seeds as above), then
 #   evaluates each model on ${OOD_TARGETS:-imagenetv2 imagenet_sketch imagenet_a imagenet_r}
@@ -152,15 +168,50 @@ fewshot_eval() {
 fewshot_ood() {
     local trainer=$1 cfg=${2:-rn50}
     shift $(( $# < 2 ? $# : 2 ))
-    local source=${OOD_SOURCE:-imagenet} shots=${OOD_SHOTS:-16}
+    local source=${OOD_SOURCE:-imagenet} shots=${OOD_SHOTS:-16} target
     fewshot_main "$trainer" "$source" "$shots" "$cfg" "$@"
-    local target base name
-    name="$(cfg_name "$cfg")_${shots}shots"
     for target in ${OOD_TARGETS:-imagenetv2 imagenet_sketch imagenet_a imagenet_r}; do
-        base="${OUTPUT}/evaluation/${target}/${trainer}/${name}_from_${source}"
-        seed_runs test "$trainer" "$target" "$cfg" "$base" "${OUTPUT}/${source}/${trainer}/${name}" "$@" || return $?
-        $PYTHON parse_test_res.py "$base" --test-log
+        transfer_eval "$trainer" "$cfg" "$source" "$shots" "$target" "$@" || return $?
     done
+}
+
+# The cross-dataset protocol of CoOp, CoCoOp, MaPLe and PromptSRC: train on 16-shot ImageNet
+# (all 1,000 classes), then evaluate the same prompts on the other ten datasets.
+XD_DEFAULT_TARGETS="caltech101 oxford_pets stanford_cars oxford_flowers food101 fgvc_aircraft sun397 dtd eurosat ucf101"
+
+# xd_train TRAINER [CFG] [KEY VALUE ...]
+#   Step 1: fewshot_main on ${XD_SOURCE:-imagenet} with ${XD_SHOTS:-16} shots, all classes,
+#   seeds ${SEEDS:-1 2 3}, into ${OUTPUT}/SOURCE/TRAINER/CFG_SHOTSshots/seedS (the folder of
+#   fewshot_ood's source runs too: a model trained once serves both protocols).
+xd_train() {
+    local trainer=$1 cfg=${2:-rn50}
+    shift $(( $# < 2 ? $# : 2 ))
+    fewshot_main "$trainer" "${XD_SOURCE:-imagenet}" "${XD_SHOTS:-16}" "$cfg" "$@"
+}
+
+# xd_test TRAINER TARGET [CFG] [KEY VALUE ...]
+#   Step 2: transfer_eval of the source's models (XD_SOURCE, XD_SHOTS as in step 1) on TARGET,
+#   or on every dataset of ${XD_TARGETS:-the ten above} when TARGET is "all" (then the
+#   cross-dataset table of fsclip-results for TRAINER). On the kit:
+#   XD_SOURCE=synth_shapes XD_SHOTS=4 bash scripts/coop/xd_test.sh synth_textures micro_rn
+xd_test() {
+    local trainer=$1 target=${2:?usage: xd_test.sh TARGET|all [CFG] [KEY VALUE ...]} cfg=${3:-rn50}
+    shift $(( $# < 3 ? $# : 3 ))
+    local source=${XD_SOURCE:-imagenet} shots=${XD_SHOTS:-16} targets=$target t
+    [ "$target" = all ] && targets=${XD_TARGETS:-$XD_DEFAULT_TARGETS}
+    for t in $targets; do
+        if [ "$t" = "$source" ]; then
+            echo "ERROR: xd_test: target ${t} is the source dataset (XD_SOURCE=${source}): give another" \
+                "dataset, or leave ${t} out of XD_TARGETS"
+            return 2
+        fi
+    done
+    for t in $targets; do
+        transfer_eval "$trainer" "$cfg" "$source" "$shots" "$t" "$@" || return $?
+    done
+    if [ "$target" = all ]; then
+        $PYTHON -m fsclip.results "$OUTPUT" --tables xd --methods "$trainer"
+    fi
 }
 
 # base2new_train TRAINER DATASET SHOTS [CFG] [KEY VALUE ...]

@@ -139,9 +139,43 @@ def make_base2new_tree(root: str) -> None:
                       acc, dataset, "vit_b16")
 
 
+XD = {  # method -> target -> accuracies of seeds 1, 2, 3 (source imagenet, 16 shots, vit_b16)
+    "CoOp": {"imagenet": [71.0, 71.5, 72.0], "caltech101": [93.0, 93.5, 94.0],
+             "oxford_pets": [89.0] * 3, "dtd": [41.0, 42.0, 43.0], "imagenetv2": [64.0] * 3},
+    "CoCoOp": {"imagenet": [71.0] * 3, "caltech101": [94.0] * 3, "oxford_pets": [90.0] * 3,
+               "dtd": [45.0, 45.5]},  # dtd: no seed3
+}
+XD_ZERO_SHOT = {"imagenet": 66.7, "caltech101": 93.3, "oxford_pets": 89.1, "dtd": 44.5,
+                "imagenetv2": 60.8}
+# the kit's case: trained on SynthShapes (4 shots), evaluated on SynthTextures (other classes)
+XD_KIT = {"CoOp": {"synth_shapes": [80.0, 82.0, 84.0], "synth_textures": [30.0, 33.0, 36.0]}}
+
+
+def make_xd_tree(root: str, kit: bool = False) -> None:
+    """Cross-dataset runs as xd_train.sh / xd_test.sh lay them out: imagenet/<Trainer>/
+    vit_b16_16shots/seed<S> and evaluation/<target>/<Trainer>/vit_b16_16shots_from_imagenet/
+    seed<S> for three of the ten targets (and ImageNet-V2, a distribution-shift target) and
+    zero-shot runs; with ``kit`` the kit's synth_shapes -> synth_textures at 4 shots instead."""
+    for source, shots, cfg, methods in ([("synth_shapes", 4, "micro_vit", XD_KIT)] if kit
+                                        else [("imagenet", 16, "vit_b16", XD)]):
+        for trainer, per_dataset in methods.items():
+            for dataset, accs in per_dataset.items():
+                if dataset == source:
+                    seed_runs(os.path.join(root, source, trainer, f"{cfg}_{shots}shots"), accs,
+                              trainer, cfg, dataset)
+                else:
+                    seed_runs(os.path.join(root, "evaluation", dataset, trainer,
+                                           f"{cfg}_{shots}shots_from_{source}"), accs, trainer, cfg,
+                              dataset, eval_only=True)
+    for dataset, acc in ({} if kit else XD_ZERO_SHOT).items():
+        zero_shot(os.path.join(root, dataset, "ZeroshotCLIP", "vit_b16"), acc, dataset, "vit_b16")
+
+
 if __name__ == "__main__":
     out = sys.argv[1] if len(sys.argv) > 1 else "output_synthetic"
     make_fewshot_tree(out)
     make_ood_tree(out)
     make_base2new_tree(out)
+    make_xd_tree(os.path.join(out, "xd"))
+    make_xd_tree(os.path.join(out, "xd_kit"), kit=True)
     print(f"Synthetic output tree written to {out}")

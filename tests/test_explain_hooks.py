@@ -34,6 +34,9 @@ RN_TOO = {"ZeroshotCLIP", "CoOp", "CoCoOp", "SAFE", "VTCLIP", "CALIP", "CLIPLoRA
 CASES = [(t, a) for t in BUILT_IN for a in ("RN", "ViT") if a == "ViT" or t in RN_TOO]
 WITH_MAPS = {"ZeroshotCLIP", "ZeroshotCLIP2", "CoOp", "CoCoOp", "ProGrad", "KgCoOp", "SAFE", "SAFE_A", "VTCLIP",
              *DPT}
+# the tiny CLIPs have one text block: deep prompts in the first block only
+TINY_DEPTH = {"MaPLe": ["TRAINER.MAPLE.PROMPT_DEPTH", 1],
+              "PromptSRC": ["TRAINER.PROMPTSRC.PROMPT_DEPTH_TEXT", 1, "TRAINER.PROMPTSRC.PROMPT_DEPTH_VISION", 1]}
 IMAGES = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))
 LABELS = torch.tensor([0, 2, 1])
 HW = {"RN": 4, "ViT": 16}  # tiny CLIPs at 64 px: a 2x2 attention-pool map, a 4x4 patch grid
@@ -53,7 +56,7 @@ def world(tmp_path_factory):
         key = (name, arch, train, perturb, tuple(sorted(opts.items())))
         if key not in built:
             cfg = method_cfg(str(root), root / f"{name}_{arch}_{len(built)}", weights[arch], name, 2, "single")
-            cfg.merge_from_list(list(SMOKE_BUDGETS.get(name, [])))
+            cfg.merge_from_list(list(SMOKE_BUDGETS.get(name, [])) + TINY_DEPTH.get(name, []))
             set_opts(cfg, **opts)
             with contextlib.redirect_stdout(io.StringIO()):
                 t = build_trainer(cfg)

@@ -34,7 +34,7 @@ from fsclip.protocol import resolve_max_epoch
 
 from fsclip.datasets.synthetic import SynthShapes
 from fsclip.kit import synth
-from fsclip.kit.realsize import SMOKE_BUDGETS, VIT_ONLY
+from fsclip.kit.realsize import PREC_NODES, SMOKE_BUDGETS, VIT_ONLY
 from kit_learning import REPO, config_file
 
 TEST_PER_CLASS = 3  # SynthShapes' test split cut to 3 images per class: fp16 convs are slow on a CPU
@@ -68,12 +68,12 @@ BUDGETS = SMOKE_BUDGETS  # the smallest budgets that still run every part of a m
 
 
 def precision_keys(cfg) -> List[str]:
-    """The PREC keys a trainer may read (frozen-trunk and CoOp family, DPT, zero-shot)."""
-    return [f"TRAINER.{node}.PREC" for node in ("FEATURES", "DPT", "ZSCLIP") if node in cfg.TRAINER]
+    """The PREC keys a trainer may read (frozen-trunk and CoOp family, DPT, MaPLe, zero-shot)."""
+    return [f"TRAINER.{node}.PREC" for node in PREC_NODES if node in cfg.TRAINER]
 
 
 def supports(trainer: str, arch: str) -> bool:
-    return arch == "micro_vit" or trainer not in VIT_ONLY  # DPT prompts a vision transformer, CLIP-SVD adapts one
+    return arch == "micro_vit" or trainer not in VIT_ONLY  # DPT, MaPLe, PromptSRC prompt a ViT; CLIP-SVD adapts one
 
 
 def build(trainer: str, arch: str, prec: str, root: str, cache: str, out: str,

@@ -50,7 +50,8 @@ RN = ("micro_rn",)
     ("kgcoop", "KgCoOp", RN), ("vtclip", "VTCLIP", RN), ("calip", "CALIP", RN), ("calip_fs", "CALIP_FS", RN),
     ("dpt", "VPT_CLIP", ("VPT_CLIP", "micro_vit")), ("dpt", "VPT_CLIP_CAVPT", ("VPT_CLIP_CAVPT", "micro_vit")),
     ("dpt", "VLP_CLIP", ("VLP_CLIP", "micro_vit")), ("dpt", "VLP_CLIP_CAVPT", ("VLP_CLIP_CAVPT", "micro_vit")),
-    ("clip_lora", "CLIPLoRA", ("micro_vit",)), ("clip_svd", "CLIPSVD", ("micro_vit",)),
+    ("clip_lora", "CLIPLoRA", ("micro_vit",)), ("clip_svd", "CLIPSVD", ("micro_vit",)), ("maple", "MaPLe", ("micro_vit",)),
+    ("promptsrc", "PromptSRC", ("micro_vit",)),
 ])
 def test_train_then_eval_only_under_real_dassl(env, method, trainer, args):
     script(env, method, "main", args)

@@ -24,7 +24,7 @@ from fsclip.results.parse import RunResult, harmonic_mean
 from fsclip.results.render import to_csv, to_latex, to_markdown
 from fsclip.results.tables import TableOptions, build_results
 from results_tree import (
-    make_base2new_tree, make_fewshot_tree, make_ood_tree, seed_runs, write_log, zero_shot,
+    make_base2new_tree, make_fewshot_tree, make_ood_tree, make_xd_tree, seed_runs, write_log, zero_shot,
 )
 
 
@@ -269,6 +269,56 @@ def test_ood_golden(tmp_path):
         "unfinished run"]
     # the source column is the few-shot result of the same models
     assert tables["fewshot_16shots"].cells["", "SAFE", "ImageNet"].mean == ood.cells["", "SAFE", "ImageNet"].mean
+
+
+# Cross-dataset tree: trained on ImageNet (16 shots, vit_b16), three of the ten targets run.
+#   CoOp imagenet 71/71.5/72 -> 71.50 +- 0.41; caltech101 93/93.5/94 -> 93.50 +- 0.41;
+#   dtd 41/42/43 -> 42.00 +- 0.82; CoCoOp dtd 45/45.5 (no seed3) -> 45.25 +- 0.25 (2/3)
+#   the seven targets not run are empty; the average over the ten is missing (3/10)
+#   CoOp's ImageNet-V2 run (same classes as ImageNet) goes to the distribution-shift table
+GOLDEN_MD_XD = """\
+### Cross-dataset transfer: trained on ImageNet (16 shots), accuracy (%), mean ± std over seeds 1-3
+
+| Method       |         ImageNet |       Caltech101 |       OxfordPets | StanfordCars | Flowers102 | Food101 | FGVCAircraft | SUN397 |                    DTD | EuroSAT | UCF101 |        Average |
+| :----------- | ---------------: | ---------------: | ---------------: | -----------: | ---------: | ------: | -----------: | -----: | ---------------------: | ------: | -----: | -------------: |
+| ZeroshotCLIP |            66.70 |            93.30 |            89.10 |              |            |         |              |        |                  44.50 |         |        | missing (3/10) |
+| CoCoOp       |     71.00 ± 0.00 | **94.00** ± 0.00 | **90.00** ± 0.00 |              |            |         |              |        | **45.25** ± 0.25 (2/3) |         |        | missing (3/10) |
+| CoOp         | **71.50** ± 0.41 |     93.50 ± 0.41 |     89.00 ± 0.00 |              |            |         |              |        |           42.00 ± 0.82 |         |        | missing (3/10) |
+
+Bold: best per column. (k/n): k of n expected runs have a result; partial: a mean over cells \
+that miss runs. Average: over the 10 targets (missing if one is missing). Empty: not run \
+(StanfordCars, Flowers102, Food101, FGVCAircraft, SUN397, EuroSAT, UCF101)."""
+
+
+def test_cross_dataset_golden(tmp_path):
+    make_xd_tree(str(tmp_path))
+    tables, results = tables_of(tmp_path)
+    assert list(tables) == ["fewshot_16shots", "ood_imagenet_16shots", "xd_imagenet_16shots"]
+    xd = tables["xd_imagenet_16shots"]
+    assert to_markdown(xd) == GOLDEN_MD_XD
+    assert tables["ood_imagenet_16shots"].columns == ["ImageNet", "ImageNet-V2"]  # same classes: the shift table
+    csv_rows = to_csv(xd).splitlines()
+    # CoOp: source, Caltech101, OxfordPets, then StanfordCars .. SUN397 empty (5 x 3 fields), DTD
+    assert csv_rows[3] == ("CoOp,71.50,0.41,3/3,93.50,0.41,3/3,89.00,0.00,3/3," + ",,," * 5
+                           + "42.00,0.82,3/3,,,,,,,,,3/10,ImageNet")
+    assert r"\multicolumn{11}{c}{Target}" in to_latex(xd)
+    # the targets not run are no problem; CoCoOp's absent seed is
+    assert [p for p in results.problems if "from imagenet" in p] == [
+        f"dtd / CoCoOp/vit_b16 / 16 shots from imagenet: no run for seed 3 (no seed3 in "
+        f"{tmp_path}/evaluation/dtd/CoCoOp/vit_b16_16shots_from_imagenet)"]
+    code, out = run_cli([tmp_path, "--tables", "xd"])
+    assert code == 0 and "### Cross-dataset transfer: trained on ImageNet" in out
+    assert "Distribution shift" not in out and "### 16 shots" not in out
+
+
+def test_cross_dataset_kit_case(tmp_path):
+    """SynthShapes -> SynthTextures (other classes): one target, no fixed columns, no average."""
+    make_xd_tree(str(tmp_path), kit=True)
+    tables, _ = tables_of(tmp_path)
+    xd = tables["xd_synth_shapes_4shots"]
+    assert xd.columns == ["SynthShapes", "SynthTextures"]
+    assert xd.cells["", "CoOp", "SynthTextures"].mean == pytest.approx(33.0)  # 30/33/36
+    assert "ood_synth_shapes_4shots" not in tables
 
 
 # Base-to-new tree (16 shots, vit_b16): caltech101 and dtd; CoOp misses dtd new-class seed3.

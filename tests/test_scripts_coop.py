@@ -1,16 +1,18 @@
 """The prompt learning scripts end to end on the offline kit (real train.py runs, 1 seed):
 main.sh of every method, eval.sh reloading the learned prompts, CoCoOp's base-to-new protocol
-through base2new_train.sh / base2new_test.sh, and ood.sh's source-to-target evaluation."""
+through base2new_train.sh / base2new_test.sh, ood.sh's source-to-target evaluation, and the
+cross-dataset protocol (xd_train.sh / xd_test.sh: SynthShapes to SynthTextures, other classes)."""
 
 from __future__ import annotations
 
 import os
 import os.path as osp
 import re
+import subprocess
 import sys
 
 import pytest
-from conftest import run_script
+from conftest import REPO, run_script
 
 from fsclip.clip.loader import kit_model_names
 from fsclip.results import harmonic_mean
@@ -73,3 +75,54 @@ def test_ood_evaluates_the_source_prompts_on_the_target(env):
                         "micro_rn_1shots_from_synth_shapes", "seed1", "log.txt"), encoding="utf-8").read()
     assert "Loading dataset: SynthShapesSketch" in log and "eval_only: True" in log
     assert out.rstrip().endswith("===") and len(SUMMARY.findall(out)) == 2
+
+
+XD_ENV = {"XD_SOURCE": "synth_shapes", "XD_SHOTS": "1"}
+# CoOp in the default suite (its source runs are main.sh's); the others behind -m slow
+XD_METHODS = [METHODS[0]] + [pytest.param(*m, marks=pytest.mark.slow) for m in METHODS[1:]]
+
+
+@pytest.mark.parametrize("method,trainer", XD_METHODS)
+def test_cross_dataset_evaluates_the_source_prompts_on_other_classes(env, method, trainer):
+    """xd_train.sh on SynthShapes (the folder of main.sh's runs), xd_test.sh on SynthTextures:
+    the generic context learned on the shapes' classes builds the textures' class prompts."""
+    xd_env = dict(env, **XD_ENV)
+    script(xd_env, f"{method}/xd_train.sh", "micro_rn")
+    out = script(xd_env, f"{method}/xd_test.sh", "synth_textures", "micro_rn")
+    assert len(SUMMARY.findall(out)) == 1, out[-1500:]
+    log = open(osp.join(env["OUTPUT"], "evaluation", "synth_textures", trainer,
+                        "micro_rn_1shots_from_synth_shapes", "seed1", "log.txt"), encoding="utf-8").read()
+    assert "Loading dataset: SynthTextures" in log and "eval_only: True" in log
+    assert f"Evaluating a class-agnostic {trainer} model on other classes" in log
+    assert re.search(r"^Load .*synth_shapes/%s/micro_rn_1shots/seed1/prompt_learner/" % trainer, log, re.M)
+
+
+@pytest.mark.slow
+def test_cross_dataset_table_and_refusals(env):
+    """The table of fsclip-results over the runs of the test above (CoOp's here, the other
+    methods' too with -m slow); a target equal to the source and a class-specific context are
+    refused with one ERROR line (exit 2)."""
+    xd_env = dict(env, **XD_ENV)
+    script(xd_env, "coop/xd_train.sh", "micro_rn")  # skipped when the test above ran
+    script(xd_env, "coop/xd_test.sh", "synth_textures", "micro_rn")
+    proc = subprocess.run([sys.executable, "-m", "fsclip.results", env["OUTPUT"], "--tables", "xd"],
+                          cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "### Cross-dataset transfer: trained on SynthShapes (1 shot)" in proc.stdout
+    header = next(line for line in proc.stdout.splitlines() if line.startswith("| Method"))
+    assert [c.strip() for c in header.strip("|").split("|")] == ["Method", "SynthShapes", "SynthTextures"]
+    rows = [line.split("|")[1].strip() for line in proc.stdout.splitlines() if line.startswith("| ") and "---" not in line]
+    ran = [t for _, t in METHODS if osp.isdir(osp.join(env["OUTPUT"], "evaluation", "synth_textures", t))]
+    assert "CoOp" in ran and sorted(rows[1:]) == sorted(ran)
+    same = subprocess.run(["bash", "scripts/coop/xd_test.sh", "synth_shapes", "micro_rn"], cwd=REPO,
+                          env=xd_env, capture_output=True, text=True)
+    assert same.returncode == 2 and "ERROR: xd_test: target synth_shapes is the source" in same.stdout
+    csc_env = dict(xd_env, CFG_TAG="csc")
+    script(csc_env, "coop/xd_train.sh", "micro_rn", "TRAINER.COOP.CSC", "True", "TRAINER.COOP.CTX_INIT", "")
+    refused = subprocess.run(["bash", "scripts/coop/xd_test.sh", "synth_textures", "micro_rn",
+                              "TRAINER.COOP.CSC", "True", "TRAINER.COOP.CTX_INIT", "",
+                              "TRAINER.FEATURES.CACHE_DIR", env["CACHE"]],
+                             cwd=REPO, env=csc_env, capture_output=True, text=True)
+    assert refused.returncode == 2
+    errors = [line for line in refused.stdout.splitlines() if line.startswith("ERROR")]
+    assert len(errors) == 1 and "saved state is per class" in errors[0], refused.stdout[-2000:]

@@ -19,8 +19,11 @@ from typing import Dict, List, Optional, Sequence
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 DPT = ("VPT_CLIP", "VPT_CLIP_CAVPT", "VLP_CLIP", "VLP_CLIP_CAVPT")
-PROMPT_FAMILY = ("CoOp", "CoCoOp", "ProGrad", "KgCoOp") + DPT
-VIT_ONLY = DPT + ("CLIPSVD",)  # trainers that need a vision transformer (no ResNet configs)
+DEEP_VL = ("MaPLe", "PromptSRC")  # deep vision-language prompts (fsclip.prompting.deep)
+PROMPT_FAMILY = ("CoOp", "CoCoOp", "ProGrad", "KgCoOp") + DPT + DEEP_VL
+VIT_ONLY = DPT + DEEP_VL + ("CLIPSVD",)  # methods that prompt or adapt a vision transformer
+# the PREC keys of the trainers' config nodes
+PREC_NODES = ("FEATURES", "DPT", "ZSCLIP", "MAPLE", "PROMPTSRC")
 
 # The smallest budgets that still run every part of a method (a few steps, a 2-setting search).
 SMOKE_BUDGETS: Dict[str, List] = {
@@ -47,7 +50,7 @@ SMOKE_BUDGETS: Dict[str, List] = {
     "CoCoOp": ["OPTIM.MAX_EPOCH", 1],
     "ProGrad": ["OPTIM.MAX_EPOCH", 2],
     "KgCoOp": ["OPTIM.MAX_EPOCH", 2],
-    **{name: ["OPTIM.MAX_EPOCH", 1] for name in DPT},
+    **{name: ["OPTIM.MAX_EPOCH", 1] for name in DPT + DEEP_VL},
     "CLIPLoRA": ["TRAINER.CLIP_LORA.N_ITERS", 1],
     "CLIPSVD": ["TRAINER.CLIP_SVD.N_ITERS", 1],
 }
@@ -55,22 +58,25 @@ SMOKE_BUDGETS: Dict[str, List] = {
 # the shipped config of each trainer for a release (CoCoOp's names carry its settings)
 _CONFIG_NAMES = {"RN50": "rn50", "RN101": "rn101", "ViT-B/32": "vit_b32", "ViT-B/16": "vit_b16"}
 _COCOOP = {"RN50": "rn50_c4_ep10_batch1_ctxv1", "ViT-B/16": "vit_b16_c4_ep10_batch1"}
+_NAMED = {"CoCoOp": _COCOOP, "MaPLe": {"ViT-B/16": "vit_b16_c2_ep5_batch4_2ctx"},
+          "PromptSRC": {"ViT-B/16": "vit_b16_c2_ep20_batch4_4+4ctx"}}
 
 
 def supports(trainer: str, release: str) -> bool:
-    """DPT prompts a vision transformer and CLIP-SVD adapts one; CoCoOp ships configs for RN50 and
-    ViT-B/16; CLIP-LoRA ships ViT configs only (on a ResNet it adapts the text encoder alone: a kit
-    config only)."""
+    """DPT, MaPLe and PromptSRC prompt a vision transformer and CLIP-SVD adapts one; CoCoOp ships
+    configs for RN50 and ViT-B/16, MaPLe and PromptSRC for ViT-B/16; CLIP-LoRA ships ViT configs only
+    (on a ResNet it adapts the text encoder alone: a kit config only)."""
     if trainer in VIT_ONLY or trainer == "CLIPLoRA":
-        return release.startswith("ViT")
-    return trainer != "CoCoOp" or release in _COCOOP
+        if not release.startswith("ViT"):
+            return False
+    return trainer not in _NAMED or release in _NAMED[trainer]
 
 
 def config_for(trainer: str, release: str) -> str:
     """The shipped config a real run of ``trainer`` on ``release`` uses (ViT-L/14, which has no
     configs of its own, uses the ViT-B/16 one with the backbone name replaced)."""
     folder = "ZeroshotCLIP" if trainer.startswith("ZeroshotCLIP") else trainer
-    name = _COCOOP.get(release) if trainer == "CoCoOp" else _CONFIG_NAMES.get(release, "vit_b16")
+    name = _NAMED[trainer].get(release) if trainer in _NAMED else _CONFIG_NAMES.get(release, "vit_b16")
     return osp.join(REPO, "configs", "trainers", folder, f"{name}.yaml")
 
 
@@ -127,7 +133,7 @@ def real_size_cfg(trainer: str, release: str, prec: str, root: str, weights_dir:
     if "FEATURES" in cfg.TRAINER:
         options += ["TRAINER.FEATURES.CACHE_DIR", cache_dir or osp.join(root, "feature_cache"),
                     "TRAINER.FEATURES.TRAIN_VIEWS", 1]
-    for node in ("FEATURES", "DPT", "ZSCLIP"):
+    for node in PREC_NODES:
         if node in cfg.TRAINER:
             options += [f"TRAINER.{node}.PREC", prec]
     extra = list(SMOKE_BUDGETS.get(trainer, [])) + list(opts or [])

@@ -35,6 +35,15 @@ runs CLIP's causal text transformer once over the shared prefix (SOT + context) 
 class suffixes attending to the prefix's keys and values, equal to running the K whole prompts
 (``fsclip.clip.text.encode_text_embeddings``, the plain path).
 
+Deep vision-language prompts (``fsclip.prompting.deep``; MaPLe, PromptSRC)::
+
+    deep_text_features(learner, clip_model, [P_1, ..]) -> [K, D]   # P_i [M, width] replace the
+                                                                     # context entering text block i
+    deep_image_features(visual, images, [V_0, V_1, ..]) -> [B, D]   # V_0 appended before ln_pre,
+                                                                     # V_i replace the prompt slots of block i
+    DeepPrompts(depth, length, width)                                # learnable [depth, length, width]
+    DeepPromptTrainer                                                # the trainer template of both
+
 Cached image views for text-only methods (``fsclip.prompting.trainer``):
 ``PromptLearningTrainer`` (a ``FrozenFeatureTrainer``) trains text-side parameters on CLIP's
 frozen image features of ``TRAINER.FEATURES.TRAIN_VIEWS`` augmented views per training image,
@@ -47,7 +56,9 @@ from fsclip._lazy import lazy_getattr
 _EXPORTS = {
     "TextPromptLearner": "prompt_learner", "POSITIONS": "prompt_learner",
     "encode_shared_prefix": "text_encoder", "shared_prefix_attention": "text_encoder",
-    "PromptLearningTrainer": "trainer", "add_prompt_learner_cfg": "trainer", "add_prompting_cfg": "trainer",
+    "PromptLearningTrainer": "trainer",
+    "DeepPrompts": "deep", "DeepPromptTrainer": "deep", "deep_text_features": "deep",
+    "deep_image_features": "deep", "add_prompt_learner_cfg": "trainer", "add_prompting_cfg": "trainer",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -56,6 +56,9 @@ class TextPromptLearner(nn.Module):
         csc: class-specific contexts ``[K, M, width]`` (ignored with ``ctx_init``).
         position: where the class name goes: "end", "middle" or "front".
         init_std: std of the random initialisation (CoOp: 0.02).
+        learn_init_words: with ``ctx_init``, learn only the tokens of its first words and keep
+            the others fixed text (MaPLe: 2 of "a photo of a", so "of a" stays); 0 (default):
+            every word, as CoOp.
 
     Attributes: ``ctx`` (the parameter), ``tokens`` ``[K, L]`` (token ids in prompt order; argmax
     = EOT), ``n_ctx``, ``n_fixed`` (fixed tokens of ``ctx_init`` after the context), ``n_cls``,
@@ -64,7 +67,8 @@ class TextPromptLearner(nn.Module):
     """
 
     def __init__(self, clip_model: Any, classnames: Sequence[str], n_ctx: int = 16, ctx_init: str = "",
-                 csc: bool = False, position: str = "end", init_std: float = 0.02) -> None:
+                 csc: bool = False, position: str = "end", init_std: float = 0.02,
+                 learn_init_words: int = 0) -> None:
         super().__init__()
         if position not in POSITIONS:
             raise ConfigError(f'class token position "{position}" is not one of {POSITIONS} '
@@ -81,6 +85,8 @@ class TextPromptLearner(nn.Module):
         self.n_fixed = 0  # tokens of ctx_init after the learned ones, kept fixed (see the docstring)
         if ctx_init:
             n_ctx = len(ctx_init.split())  # words, as the official CoOp/CoCoOp/DPT code counts
+            if 0 < learn_init_words < n_ctx:
+                n_ctx = int(learn_init_words)  # the first words' tokens learned, the rest fixed
             self.n_fixed = backbone.count_tokens(ctx_init) - n_ctx
             with torch.no_grad():
                 init = embedding(backbone.tokenize([ctx_init]).to(device))[0, 1:1 + n_ctx].float()

@@ -25,7 +25,7 @@ stay frozen or trainable exactly as they are in the CLIP model.
 
 from __future__ import annotations
 
-from typing import Any, Tuple
+from typing import Any, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -84,7 +84,8 @@ def shared_prefix_attention(attn: Any, prefix: Tensor, suffix: Tensor, prefix_on
     return out_p, out_s
 
 
-def encode_shared_prefix(model: Any, prefix: Tensor, suffix: Tensor, eot: Tensor) -> Tensor:
+def encode_shared_prefix(model: Any, prefix: Tensor, suffix: Tensor, eot: Tensor,
+                         deep: Sequence[Tensor] = ()) -> Tensor:
     """Text features of the prompts ``[prefix_b, suffix_k]`` for every b and k: ``[B, K, D]``.
 
     ``prefix``: ``[B, P, width]`` token embeddings of the shared first positions (SOT and
@@ -94,6 +95,10 @@ def encode_shared_prefix(model: Any, prefix: Tensor, suffix: Tensor, eot: Tensor
     within its suffix. No positional embedding is added by the caller. Equals
     ``encode_text_embeddings`` on the concatenated ``[B * K, P + S]`` prompts; gradients flow
     into ``prefix`` and ``suffix``.
+
+    ``deep`` (MaPLe, PromptSRC; ``fsclip.prompting.deep``): tensors ``[P - 1, width]`` that
+    replace the context positions 1..P-1 of the hidden states at the input of blocks
+    1..len(deep) (no positional embedding added); later blocks carry the positions on.
     """
     if prefix.dim() != 3 or suffix.dim() != 3 or prefix.shape[-1] != suffix.shape[-1]:
         raise ValueError(f"expected prefix [B, P, width] and suffix [K, S, width], got "
@@ -107,8 +112,12 @@ def encode_shared_prefix(model: Any, prefix: Tensor, suffix: Tensor, eot: Tensor
         raise ValueError(f"prompts of {n_prefix + n_suffix} tokens exceed the context length {pos.shape[0]}")
     p = prefix.type(dtype) + pos[:n_prefix]  # [B, P, width]
     s = (suffix.type(dtype) + pos[n_prefix:n_prefix + n_suffix]).expand(b, k, n_suffix, width)  # [B, K, S, width]
-    blocks = tower.blocks
+    blocks = list(tower.blocks)
+    if len(deep) >= len(blocks):
+        raise ValueError(f"{len(deep)} deep prompts for {len(blocks)} text blocks (at most {len(blocks) - 1})")
     for i, block in enumerate(blocks):
+        if 1 <= i <= len(deep):  # deep prompts replace the context positions entering block i
+            p = torch.cat([p[:, :1], deep[i - 1].type(dtype).expand(b, n_prefix - 1, -1)], dim=1)
         last = i == len(blocks) - 1  # the prefix's own output is not needed after the last block
         ls_1, ls_2 = getattr(block, "ls_1", _identity), getattr(block, "ls_2", _identity)  # OpenCLIP's layer scale
         out_p, out_s = shared_prefix_attention(block.attn, block.ln_1(p), block.ln_1(s), prefix_only_kv=last)

@@ -9,7 +9,8 @@ output tree.
     fsclip-results --reference                             # the published tables shipped
 
 Tables: few-shot (method x dataset per shot count, with the average over datasets), distribution
-shift (source, targets, their average) and base-to-new (base, new, H); see
+shift (source, targets with its classes, their average), cross-dataset transfer (source, the ten
+other benchmarks or the kit's other dataset, their average) and base-to-new (base, new, H); see
 :mod:`fsclip.results.tables`. Exit status: 0, 1 when no run is found (or, with ``--strict``,
 when a run is missing), 2 on bad input (one ``ERROR:`` line).
 """
@@ -28,7 +29,7 @@ from .parse import collect_runs
 from .render import FORMATS, problems_markdown, render
 from .tables import TableOptions, build_results
 
-TABLE_KINDS = ("fewshot", "ood", "base2new")
+TABLE_KINDS = ("fewshot", "ood", "xd", "base2new")
 
 
 def build_parser() -> argparse.ArgumentParser:

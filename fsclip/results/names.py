@@ -49,6 +49,18 @@ _ALIASES = {"oxfordflowers": "oxford_flowers", "flowers102": "oxford_flowers",
 _TEST_ONLY = {"imagenetv2", "imagenet_sketch", "imagenet_a", "imagenet_r", "synth_shapes_sketch"}
 
 
+BENCHMARKS = [key for key, _ in _DATASETS[:11]]  # the 11 few-shot benchmarks
+
+
+def benchmark_targets(source: str) -> List[str]:
+    """The cross-dataset targets of a source among the 11 benchmarks: the ten others, in the
+    papers' order (CoOp's and CoCoOp's Table 2); none for another source."""
+    i = _BY_NORM.get(_norm(source))
+    if i is None or i >= len(BENCHMARKS):
+        return []
+    return [d for d in BENCHMARKS if d != BENCHMARKS[i]]
+
+
 def _norm(name: str) -> str:
     return re.sub(r"[^a-z0-9]", "", name.lower())
 

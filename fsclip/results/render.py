@@ -3,7 +3,8 @@
 A cell reads ``72.31 ± 1.20``: the mean over seeds and its spread (std or ci95; none for a single
 run). The best per column is bold (markdown ``**72.31**``, LaTeX ``\\textbf{72.31}``). A cell
 with fewer results than expected runs ends in ``(k/n)``; an average over cells that miss runs
-in ``(partial)``; a cell without any result reads ``missing (0/n)``.
+in ``(partial)``; a cell without any result reads ``missing (0/n)``. A cell the table does not
+hold (a cross-dataset target that was not run) is empty in every format.
 
 CSV is for spreadsheets and scripts: one row per method, for each column three fields (the
 mean as a plain number, empty when missing; ``<column> std`` or ``<column> ci95``; ``<column>
@@ -74,6 +75,8 @@ def to_markdown(table: Table, decimals: int = 2) -> str:
 
 
 def _text(table: Table, key: tuple, decimals: int, style: str) -> str:
+    if key not in table.cells:  # an empty cell (a column of the protocol that was not run)
+        return ""
     return cell_text(table.cells[key], decimals, style, key in table.best)
 
 
@@ -123,7 +126,10 @@ def to_csv(table: Table, decimals: int = 2, spread_name: str = "std") -> str:
         fields: List[str] = ([group] if table.group_header else []) + [row]
         best = []
         for col in table.columns:
-            cell = table.cells[group, row, col]
+            cell = table.cells.get((group, row, col))
+            if cell is None:  # an empty cell: not run
+                fields += ["", "", ""]
+                continue
             fields += [_number(cell.mean, decimals), _number(cell.spread, decimals),
                        f"{cell.found}/{cell.expected}" + (" partial" if cell.partial else "")]
             if (group, row, col) in table.best:

@@ -7,6 +7,11 @@
 * Distribution shift: per source and shot count, the source's few-shot result, each target's
   result of the same models (``..._from_<source>``) and the average over the targets
   (CoCoOp's Table 3, SAFE's Table III).
+* Cross-dataset transfer: the same from a source to datasets of other classes (CoOp's and
+  CoCoOp's Table 2: 16-shot ImageNet to the ten other benchmarks, which are the columns
+  whenever the source is one of the 11, empty where not run; on the kit SynthShapes to
+  SynthTextures). Targets with the source's classes (ImageNet-V2/Sketch/A/R, the kit's
+  SynthShapesSketch) make the distribution-shift table, the others this one.
 * Base-to-new: per shot count and dataset, base, new and H = harmonic mean of the two means,
   then the average over datasets with H of the averages (CoCoOp's Table 1).
 
@@ -23,7 +28,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from .cells import Cell, average_cell, best_of, h_cell, seed_cell
 from .names import (
-    dataset_label, is_test_only, matches, method_labels, order_datasets, select_datasets,
+    benchmark_targets, dataset_label, is_test_only, matches, method_labels, order_datasets, select_datasets,
 )
 from .parse import B2N_BASE, B2N_NEW, EVAL, FEWSHOT, OOD, ZEROSHOT, RunRecord, RunResult
 
@@ -170,6 +175,8 @@ class _Builder:
             tables += fewshot
         if "ood" in kinds:
             tables += self.ood()
+        if "xd" in kinds:
+            tables += self.xd()
         if "base2new" in kinds:
             tables += self.base2new()
         return Results(tables, curves, list(self.problems))
@@ -241,20 +248,32 @@ class _Builder:
                         [self.labels[n] for n in self.order], lines, zs)
         return tables, curves
 
-    # ------------------------------------------------------------------ OOD
+    # ------------------------------------------------------------------ OOD and cross-dataset
     def ood(self) -> List[Table]:
+        """Distribution shift: the targets with the source's classes (ImageNet-V2/Sketch/A/R)."""
+        return self._transfer("ood", is_test_only)
+
+    def xd(self) -> List[Table]:
+        """Cross-dataset transfer: targets with other classes; from one of the 11 benchmarks the
+        columns are the ten others (CoOp's and CoCoOp's Table 2), empty where not run."""
+        return self._transfer("xd", lambda d: not is_test_only(d), fixed=benchmark_targets)
+
+    def _transfer(self, kind: str, is_target, fixed=lambda source: []) -> List[Table]:
         opts = self.opts
-        pairs = sorted({(src, s) for (k, _, _, src, s) in self.runs if k == OOD})
+        pairs = sorted({(src, s) for (k, _, d, src, s) in self.runs if k == OOD and is_target(d)})
         tables = []
         for source, n_shots in pairs:
             if opts.datasets and not select_datasets([source], opts.datasets):
                 continue
-            targets = order_datasets(d for (k, _, d, src, s) in self.runs
-                                     if k == OOD and src == source and s == n_shots)
+            ran = order_datasets(d for (k, _, d, src, s) in self.runs
+                                 if k == OOD and src == source and s == n_shots and is_target(d))
+            standard = list(fixed(source))
+            targets = standard + [d for d in ran if d not in standard]
+            empty = set(targets) - set(ran)  # columns of the protocol that no method ran
             trained = [n for n in self.order
-                       if any((OOD, n, t, source, n_shots) in self.runs for t in targets)]
+                       if any((OOD, n, t, source, n_shots) in self.runs for t in ran)]
             zero = [n for n in self.zero_shot
-                    if any((ZEROSHOT, n, d, "", 0) in self.runs for d in [source] + targets)]
+                    if any((ZEROSHOT, n, d, "", 0) in self.runs for d in [source] + ran)]
             seeds = self.seeds_of([OOD])
             columns = [dataset_label(d) for d in [source] + targets]
             with_avg = len(targets) > 1
@@ -262,25 +281,32 @@ class _Builder:
             for name in zero + trained:
                 label = self.labels[name]
                 if name in zero:
-                    row = [self.cell(ZEROSHOT, name, d, 0, seeds, f"{d} / {name} / zero-shot")
+                    row = [None if d in empty else
+                           self.cell(ZEROSHOT, name, d, 0, seeds, f"{d} / {name} / zero-shot")
                            for d in [source] + targets]
                 else:
                     row = [self.cell(FEWSHOT, name, source, n_shots, seeds,
                                      f"{source} / {name} / {_shots(n_shots)}")]
-                    row += [self.cell(OOD, name, t, n_shots, seeds,
+                    row += [None if t in empty else
+                            self.cell(OOD, name, t, n_shots, seeds,
                                       f"{t} / {name} / {_shots(n_shots)} from {source}", source)
                             for t in targets]
                 for col, cell in zip(columns, row):
-                    cells["", label, col] = cell
+                    if cell is not None:  # an empty cell: no key (rendered blank)
+                        cells["", label, col] = cell
                 if with_avg:
-                    cells["", label, AVERAGE] = average_cell(row[1:], opts.ci95)
-            title = (f"Distribution shift: trained on {dataset_label(source)} ({_shots(n_shots)}), "
+                    cells["", label, AVERAGE] = average_cell(
+                        [Cell(expected=1) if c is None else c for c in row[1:]], opts.ci95)
+            what = "Distribution shift" if kind == "ood" else "Cross-dataset transfer"
+            title = (f"{what}: trained on {dataset_label(source)} ({_shots(n_shots)}), "
                      f"{opts.keyword} (%), mean ± {opts.spread_name} over "
                      f"{_seeds(seeds) or 'runs'}")
             spans = [("Source", 1), ("Target", len(targets) + with_avg)]
             notes = _notes(opts, with_avg and f"{AVERAGE}: over the {len(targets)} targets")
+            if empty:
+                notes.append(f"Empty: not run ({', '.join(dataset_label(d) for d in targets if d in empty)}).")
             tables.append(_mark(Table(
-                f"ood_{source}_{n_shots}shots", title, columns + ([AVERAGE] if with_avg else []),
+                f"{kind}_{source}_{n_shots}shots", title, columns + ([AVERAGE] if with_avg else []),
                 [("", [self.labels[n] for n in zero + trained])], cells, column_spans=spans,
                 notes=notes), opts))
         return tables
@@ -365,15 +391,16 @@ def _shots(n: int) -> str:
 
 
 def select_records(records: Iterable[RunRecord], opts: TableOptions,
-                   kinds: Sequence[str] = ("fewshot", "ood", "base2new")) -> List[RunRecord]:
+                   kinds: Sequence[str] = ("fewshot", "ood", "xd", "base2new")) -> List[RunRecord]:
     """The runs the options and the kinds of tables ask for (methods, shots; datasets are
     chosen per table). Method labels come from these runs only."""
     dropped = set()
-    if "ood" not in kinds:
+    transfer = "ood" in kinds or "xd" in kinds
+    if not transfer:
         dropped |= {OOD}
     if "base2new" not in kinds:
         dropped |= {B2N_BASE, B2N_NEW}
-    if "fewshot" not in kinds and "ood" not in kinds:  # OOD tables read few-shot source runs
+    if "fewshot" not in kinds and not transfer:  # OOD / XD tables read few-shot source runs
         dropped |= {FEWSHOT, ZEROSHOT, EVAL}
     kept = []
     for rec in records:
@@ -388,7 +415,7 @@ def select_records(records: Iterable[RunRecord], opts: TableOptions,
 
 
 def build_results(records: Iterable[RunRecord], opts: Optional[TableOptions] = None,
-                  kinds: Sequence[str] = ("fewshot", "ood", "base2new")) -> Results:
+                  kinds: Sequence[str] = ("fewshot", "ood", "xd", "base2new")) -> Results:
     """Every table the runs allow (few-shot, OOD, base-to-new), the curves and the problems.
 
     Method labels are chosen among the methods the tables show: a second pass drops the runs

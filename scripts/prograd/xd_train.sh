@@ -1,0 +1,10 @@
+#!/bin/bash
+# ProGrad cross-dataset transfer, step 1 (CoOp's, CoCoOp's, MaPLe's and PromptSRC's protocol): train
+# on 16-shot ImageNet, all 1,000 classes, seeds 1 2 3. Then run xd_test.sh TARGET (or all).
+#   bash scripts/prograd/xd_train.sh [CFG] [KEY VALUE ...]        (CFG default: vit_b16, CoOp's schedule)
+#   env XD_SOURCE, XD_SHOTS change source and shots (scripts/common.sh), e.g. on the kit:
+#   XD_SOURCE=synth_shapes XD_SHOTS=4 bash scripts/prograd/xd_train.sh micro_vit
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+source scripts/common.sh
+xd_train ProGrad "${1:-vit_b16}" "${@:2}"
