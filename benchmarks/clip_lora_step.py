@@ -49,6 +49,26 @@ def timed(fn: Callable[[], None], steps: int, device: torch.device) -> tuple:
     return statistics.median(times), peak
 
 
+def contrastive_step(model, images, tokens, labels, opt, scaler, prec: str, device) -> Callable[[], None]:
+    """One training step of an adapted CLIP (CLIP-LoRA, CLIP-SVD): the batch and the K class
+    prompts through both encoders, cross-entropy on 100 * cos, backward, the optimizer's step
+    (through the GradScaler under amp on CUDA)."""
+    def step() -> None:
+        with autocast(prec, device):
+            f = F.normalize(model.encode_image(images).float(), dim=-1)
+            t = F.normalize(model.encode_text(tokens).float(), dim=-1)
+            loss = F.cross_entropy(100.0 * f @ t.t(), labels)
+        opt.zero_grad(set_to_none=True)
+        if scaler is None:
+            loss.backward()
+            opt.step()
+        else:
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+    return step
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--classes", type=int, default=100)
@@ -78,20 +98,11 @@ def main() -> None:
         for m in sites.values():
             m.lora.train(train)
 
+    step_once = contrastive_step(model, images, tokens, labels, opt, scaler, args.prec, device)
+
     def train_step() -> None:
         lora_mode(True)
-        with autocast(args.prec, device):
-            f = F.normalize(model.encode_image(images).float(), dim=-1)
-            t = F.normalize(model.encode_text(tokens).float(), dim=-1)
-            loss = F.cross_entropy(100.0 * f @ t.t(), labels)
-        opt.zero_grad(set_to_none=True)
-        if scaler is None:
-            loss.backward()
-            opt.step()
-        else:
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
+        step_once()
 
     lora_mode(False)
     with torch.no_grad(), autocast(args.prec, device):

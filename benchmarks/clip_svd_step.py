@@ -29,7 +29,7 @@ import torch.nn.functional as F
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path[:0] = [REPO, osp.dirname(osp.abspath(__file__))]
 
-from clip_lora_step import timed  # noqa: E402
+from clip_lora_step import contrastive_step, timed  # noqa: E402
 from fsclip.clip.precision import autocast, grad_scaler  # noqa: E402
 from fsclip.clip.real_sizes import build_real_size_clip  # noqa: E402
 from fsclip.clip.text import tokenize_short  # noqa: E402
@@ -67,19 +67,8 @@ def measure(method: str, args: argparse.Namespace) -> Dict[str, float]:
     images = torch.randn(args.batch, 3, 224, 224, device=device, dtype=model.dtype)
     labels = torch.randint(0, args.classes, (args.batch,), device=device)
 
-    def train_step() -> None:
-        with autocast(args.prec, device):
-            f = F.normalize(model.encode_image(images).float(), dim=-1)
-            t = F.normalize(model.encode_text(tokens).float(), dim=-1)
-            loss = F.cross_entropy(100.0 * f @ t.t(), labels)
-        opt.zero_grad(set_to_none=True)
-        if scaler is None:
-            loss.backward()
-            opt.step()
-        else:
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
+    train_step = None if method == "zero-shot" else contrastive_step(model, images, tokens, labels, opt, scaler,
+                                                                     args.prec, device)
 
     if method == "zero-shot":
         model.eval()

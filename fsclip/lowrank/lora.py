@@ -199,11 +199,18 @@ def merge_lora(model: nn.Module) -> nn.Module:
     return model
 
 
-def check_lora_options(encoders: Sequence[str], positions: Sequence, params: Sequence[str], key: str) -> None:
-    """One ConfigError for a bad ``<key>.ENCODERS / POSITIONS / PARAMS`` value."""
+def check_sites(encoders: Sequence[str], positions: Sequence, chosen: Sequence[str], allowed: Sequence[str],
+                key: str, what: str) -> None:
+    """One ConfigError for a bad ``<key>.ENCODERS / POSITIONS / <what>`` value (where in CLIP a
+    weight-space update goes: CLIP-LoRA's PARAMS, CLIP-SVD's MATRICES)."""
     if not encoders or any(e not in ENCODERS for e in encoders):
         raise ConfigError(f"{key}.ENCODERS is {list(encoders)}; use a non-empty subset of {list(ENCODERS)}")
-    if not params or any(p not in PROJECTIONS for p in params):
-        raise ConfigError(f"{key}.PARAMS is {list(params)}; use a non-empty subset of {list(PROJECTIONS)}")
+    if not chosen or any(p not in allowed for p in chosen):
+        raise ConfigError(f"{key}.{what} is {list(chosen)}; use a non-empty subset of {list(allowed)}")
     if positions != "all" and not all(isinstance(i, int) for i in positions):
         raise ConfigError(f"{key}.POSITIONS is {positions!r}; use \"all\" or a list of block indices")
+
+
+def check_lora_options(encoders: Sequence[str], positions: Sequence, params: Sequence[str], key: str) -> None:
+    """One ConfigError for a bad ``<key>.ENCODERS / POSITIONS / PARAMS`` value."""
+    check_sites(encoders, positions, params, PROJECTIONS, key, "PARAMS")

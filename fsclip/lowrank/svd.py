@@ -36,13 +36,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from fsclip.errors import ConfigError
 
+from .lora import ENCODERS as LORA_ENCODERS, check_sites
 from .svd_cache import Factors, svd_factors
 
 ATTENTION = ("q", "k", "v", "o")
 MATRICES = ATTENTION + ("c_fc", "c_proj")
-ENCODERS = ("text", "vision")
+ENCODERS = LORA_ENCODERS  # the same two encoders as CLIP-LoRA
 
 
 class SingularValues(nn.Module):
@@ -227,9 +227,4 @@ def merge_svd(model: nn.Module) -> nn.Module:
 
 def check_svd_options(encoders: Sequence[str], positions: Sequence, matrices: Sequence[str], key: str) -> None:
     """One ConfigError for a bad ``<key>.ENCODERS / POSITIONS / MATRICES`` value."""
-    if not encoders or any(e not in ENCODERS for e in encoders):
-        raise ConfigError(f"{key}.ENCODERS is {list(encoders)}; use a non-empty subset of {list(ENCODERS)}")
-    if not matrices or any(p not in MATRICES for p in matrices):
-        raise ConfigError(f"{key}.MATRICES is {list(matrices)}; use a non-empty subset of {list(MATRICES)}")
-    if positions != "all" and not all(isinstance(i, int) for i in positions):
-        raise ConfigError(f"{key}.POSITIONS is {positions!r}; use \"all\" or a list of block indices")
+    check_sites(encoders, positions, matrices, MATRICES, key, "MATRICES")
