@@ -189,6 +189,8 @@ def test_safe_on_an_openclip_vit_starts_as_zero_shot_and_trains_its_pooling_head
     assert all(torch.equal(a, b) for a, b in zip(frozen, safe.head_o.parameters()))
     with pytest.raises(ConfigError, match="GRID_BATCHED False"):
         _toy_trainer(toy_root, tmp_path / "batched", name, "SAFE")
+    with pytest.raises(ConfigError, match="attention maps read OpenAI CLIP's pooling modules"):
+        safe.attention_maps(images)  # fsclip-explain attention: one line, not a TypeError
 
 
 @pytest.mark.parametrize("kind,name,needs", [("vit", "VTCLIP", "clip-internals"),

@@ -323,6 +323,9 @@ class FrozenFeatureTrainer(PrecisionChecks, TrainerX):
         """Entries of an ``attention_maps`` hook for named pooling heads over G's output ``dense``:
         each head's pooling-query attention on the spatial grid ``name`` ``[B, H, h, w]`` and its
         weight on the mean / class token ``name/rest`` ``[B, H]`` (``fsclip.explain.hooks``)."""
+        if "clip-internals" not in self.backbone.capabilities:
+            raise ConfigError(f"attention maps read OpenAI CLIP's pooling modules; the {self.backbone.family} "
+                              f"backbone {self.backbone.name!r} has none: use gradcam or shapley on it")
         out: Dict[str, Tensor] = {}
         for name, head in heads.items():
             out.update(map_entries(name, pooling_head_attention(head, dense), 1, spatial_tokens(self.visual)))
