@@ -70,6 +70,17 @@ def test_a_saved_tiny_model_reloads_with_its_weights_and_scoring(tiny, kind, for
 
 
 @pytest.mark.parametrize("kind", KINDS)
+def test_has_pooling_head_says_whether_the_head_has_parameters(tiny, kind):
+    """SAFE asks ``has_pooling_head`` at start-up instead of copying the head: both must agree, for
+    the ViT split and for a tower without one (the whole encoder as trunk, an identity head)."""
+    bb = load_backbone(spec(tiny[kind][1], "dir"), precision="fp32")
+    for split in (bb.split, "global"):
+        bb.split = split
+        assert bb.has_pooling_head == any(True for _ in bb.pooling_head().parameters()), split
+    assert not bb.has_pooling_head
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_text_from_tokens_and_from_embeddings_equals_open_clip(tiny, kind):
     model, paths = tiny[kind]
     bb = load_backbone(spec(paths, "dir"), precision="fp32")
@@ -171,7 +182,7 @@ def test_a_prompt_learner_on_openclip_starts_as_the_template_and_shares_its_pref
 @pytest.mark.parametrize("kind", KINDS)
 def test_safe_on_an_openclip_vit_starts_as_zero_shot_and_trains_its_pooling_head(toy_root, tmp_path, tiny, kind):
     """SAFE's own split on OpenCLIP (sequential grid): AttnPool_F = AttnPool_O gives zero-shot's
-    logits (up to SigLIP's bias, a constant shift), a short fit moves AttnPool_F only, and the
+    logits (SigLIP's bias included), a short fit moves AttnPool_F only, and the
     batched grid is one ConfigError line saying what to set."""
     name = spec(tiny[kind][1], "dir")
     quick = {"TRAINER.SAFE.GRID_BATCHED": False, "TRAINER.SAFE.ITERS": 4, "TRAINER.SAFE.EVAL_EVERY": 2,
@@ -179,8 +190,7 @@ def test_safe_on_an_openclip_vit_starts_as_zero_shot_and_trains_its_pooling_head
     safe = _toy_trainer(toy_root, tmp_path, name, "SAFE", **quick)
     zs = _toy_trainer(toy_root, tmp_path, name, "ZeroshotCLIP2")
     images = next(iter(safe.test_loader))["img"]
-    bias = float(zs.backbone.logit_bias or 0.0)
-    torch.testing.assert_close(safe.model_inference(images), zs.model_inference(images) - bias, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(safe.model_inference(images), zs.model_inference(images), rtol=1e-4, atol=1e-4)
     head = safe.trainable()  # a fresh AttnPool_F: SAFE's loss reaches every one of its parameters
     safe.loss(head, safe.batches()).sum().backward()
     assert all(p.grad is not None for p in head.parameters()) and any(float(p.grad.abs().sum()) > 0 for p in head.parameters())
@@ -189,8 +199,12 @@ def test_safe_on_an_openclip_vit_starts_as_zero_shot_and_trains_its_pooling_head
     assert all(torch.equal(a, b) for a, b in zip(frozen, safe.head_o.parameters()))
     with pytest.raises(ConfigError, match="GRID_BATCHED False"):
         _toy_trainer(toy_root, tmp_path / "batched", name, "SAFE")
-    with pytest.raises(ConfigError, match="attention maps read OpenAI CLIP's pooling modules"):
+    with pytest.raises(ConfigError, match="fsclip-explain attention needs clip-internals.*gradcam or shapley"):
         safe.attention_maps(images)  # fsclip-explain attention: one line, not a TypeError
+    with pytest.raises(ConfigError, match="fsclip-explain attention needs clip-internals"):
+        zs.attention_maps(images)
+    with pytest.raises(ConfigError, match="correspondence of SAFE needs clip-internals.*gradcam or shapley"):
+        safe.trained_visual()
 
 
 @pytest.mark.parametrize("kind,name,needs", [("vit", "VTCLIP", "clip-internals"),

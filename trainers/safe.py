@@ -52,6 +52,7 @@ from fsclip.adapt.stacked import (
 from fsclip.adapt.tip import CacheAdapter, fit_cache_adapter
 from fsclip.adapt.trainer import FrozenFeatureTrainer
 from fsclip.backend import TRAINER_REGISTRY
+from fsclip.clip.attention import ATTENTION_REMEDY
 from fsclip.clip.features import is_vit, vit_tokens
 from fsclip.engine.optim import adamw
 from fsclip.errors import ConfigError
@@ -121,7 +122,7 @@ class SAFE(FrozenFeatureTrainer):
                 raise ConfigError(f"{name} on {self.backbone.name!r}: the batched grid and the deeper TRAIN_LAYERS "
                                   "stack OpenAI CLIP's modules; on this backbone set TRAINER.SAFE.GRID_BATCHED False "
                                   "and keep TRAINER.SAFE.TRAIN_LAYERS last_block")
-            if not any(True for _ in self.backbone.pooling_head().parameters()):
+            if not self.backbone.has_pooling_head:
                 raise ConfigError(f"{name}: the {self.backbone.family} backbone {self.backbone.name!r} has no "
                                   "pooling head to fine-tune (its trunk is the whole encoder): use an OpenAI CLIP "
                                   "or an OpenCLIP ViT")
@@ -152,17 +153,17 @@ class SAFE(FrozenFeatureTrainer):
     def weights_of(self, model: nn.Module) -> Tensor:
         return model.unit_weight() if isinstance(model, HeadWithClassifier) else self.text_weights
 
-    def clip_logits(self, features: Tensor, weights: Optional[Tensor] = None) -> Tensor:
-        """Eq. (4) with W_c, or the trained W_c once there is one."""
-        if weights is None:
-            weights = self.text_weights if self.classifier is None else self.classifier.unit_weight()
-        return self.logit_scale * F.normalize(features.float(), dim=-1) @ weights.t()
+    def default_weights(self) -> Tensor:
+        """Eq. (4)'s classifier: W_c, or the trained W_c once there is one."""
+        return self.text_weights if self.classifier is None else self.classifier.unit_weight()
 
     def trained_visual(self) -> Any:
         """Hook (``fsclip.explain``): the image encoder with AttnPool_F as its pooling layer."""
-        if self.n_extra or "clip-internals" not in self.backbone.capabilities:
-            raise ConfigError("fsclip-explain walks the image encoder of SAFE's own split on OpenAI CLIP only: this run "
-                              f"trained TRAINER.SAFE.TRAIN_LAYERS {self.cfg.TRAINER.SAFE.TRAIN_LAYERS}")
+        self.backbone.require(["clip-internals"], "fsclip-explain correspondence of SAFE",
+                              ATTENTION_REMEDY)
+        if self.n_extra:
+            raise ConfigError("fsclip-explain walks the image encoder of SAFE's own split (TRAIN_LAYERS attnpool) "
+                              f"only: this run trained TRAINER.SAFE.TRAIN_LAYERS {self.cfg.TRAINER.SAFE.TRAIN_LAYERS}")
         return encoder_with_head(self.visual, self.head_f)
 
     def make_head(self) -> nn.Module:

@@ -17,10 +17,9 @@ from yacs.config import CfgNode as CN
 
 from fsclip.adapt.prompts import prompt_classifier
 from fsclip.backend import TRAINER_REGISTRY, TrainerX
-from fsclip.clip.attention import encoder_attention, map_entries, spatial_tokens
+from fsclip.clip.attention import ATTENTION_REMEDY, encoder_attention, map_entries, spatial_tokens
 from fsclip.clip.families import load_backbone_from_cfg
 from fsclip.clip.precision import autocast, effective_precision
-from fsclip.errors import ConfigError
 
 
 @TRAINER_REGISTRY.register()
@@ -65,9 +64,7 @@ class ZeroshotCLIP(TrainerX):
     def attention_maps(self, images: torch.Tensor, labels: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
         """CLIP's pooling attention: ``cls`` (ViT: the class token's row in the last block) or
         ``attnpool`` (ResNet: the attention pool's query), ``[B, H, h, w]`` (fsclip.explain.hooks)."""
-        if "clip-internals" not in self.backbone.capabilities:
-            raise ConfigError(f"attention maps read OpenAI CLIP's attention modules; the {self.backbone.family} "
-                              f"backbone {self.backbone.name!r} has none: use gradcam or shapley on it")
+        self.backbone.require(["clip-internals"], "fsclip-explain attention", ATTENTION_REMEDY)
         images = images.to(self.device)
         with autocast(self.prec, self.device):
             name, rows = encoder_attention(self.clip_model, images)  # [B, H, 1 + HW]

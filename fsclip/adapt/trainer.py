@@ -25,7 +25,7 @@ from yacs.config import CfgNode as CN
 
 from fsclip.backend import TrainerX
 from fsclip.clip.families import load_backbone_from_cfg
-from fsclip.clip.attention import map_entries, spatial_tokens
+from fsclip.clip.attention import ATTENTION_REMEDY, map_entries, spatial_tokens
 from fsclip.clip.precision import PrecisionChecks, autocast, effective_precision
 from fsclip.clip.text import text_classifier
 from fsclip.engine.data.transforms import build_transform
@@ -135,9 +135,9 @@ class FrozenFeatureTrainer(PrecisionChecks, TrainerX):
         CLIP features, test-time views; ``fsclip.adapt.prompts.mine_templates``)."""
         feats = torch.cat([self.global_features("train", augmented=False), self.global_features("val")])
         labels = torch.cat([self.labels("train"), self.labels("val")])
-        self.mined_templates, accs = mine_templates(self.backbone, self.classnames, feats, labels,
-                                                    template_pool(), k)
-        print(f"Template mining: kept {k} of {len(template_pool())} templates by zero-shot accuracy on "
+        pool = template_pool()
+        self.mined_templates, accs = mine_templates(self.backbone, self.classnames, feats, labels, pool, k)
+        print(f"Template mining: kept {k} of {len(pool)} templates by zero-shot accuracy on "
               f"{feats.shape[0]} few-shot train + val images ({accs[0]:.1f}% .. {accs[-1]:.1f}%): "
               + " | ".join(self.mined_templates))
         return text_classifier(self.backbone, self.classnames, self.mined_templates).float().to(self.device)
@@ -240,10 +240,18 @@ class FrozenFeatureTrainer(PrecisionChecks, TrainerX):
             self._global[key] = pooled.reshape(n, v, -1) if views else pooled
         return self._global[key]
 
-    def clip_logits(self, features: Tensor) -> Tensor:
-        """``logit_scale * normalize(f) @ W_c^T`` (``+ logit_bias`` for SigLIP): ``[B, D] -> [B, K]``."""
-        logits = self.logit_scale * F.normalize(features.float(), dim=-1) @ self.text_weights.t()
+    def clip_logits(self, features: Tensor, weights: Optional[Tensor] = None) -> Tensor:
+        """``logit_scale * normalize(f) @ W^T`` (``+ logit_bias`` for SigLIP): ``[B, D] -> [B, K]``.
+
+        ``weights``: unit-norm class weights ``[K, D]``, by default ``default_weights()``.
+        """
+        weights = self.default_weights() if weights is None else weights
+        logits = self.logit_scale * F.normalize(features.float(), dim=-1) @ weights.t()
         return logits if self.logit_bias is None else logits + self.logit_bias
+
+    def default_weights(self) -> Tensor:
+        """The class weights ``clip_logits`` uses by default: the zero-shot classifier W_c."""
+        return self.text_weights
 
     # ------------------------------------------------------------------ protocol
     def fit(self) -> None:
@@ -323,9 +331,7 @@ class FrozenFeatureTrainer(PrecisionChecks, TrainerX):
         """Entries of an ``attention_maps`` hook for named pooling heads over G's output ``dense``:
         each head's pooling-query attention on the spatial grid ``name`` ``[B, H, h, w]`` and its
         weight on the mean / class token ``name/rest`` ``[B, H]`` (``fsclip.explain.hooks``)."""
-        if "clip-internals" not in self.backbone.capabilities:
-            raise ConfigError(f"attention maps read OpenAI CLIP's pooling modules; the {self.backbone.family} "
-                              f"backbone {self.backbone.name!r} has none: use gradcam or shapley on it")
+        self.backbone.require(["clip-internals"], "fsclip-explain attention", ATTENTION_REMEDY)
         out: Dict[str, Tensor] = {}
         for name, head in heads.items():
             out.update(map_entries(name, pooling_head_attention(head, dense), 1, spatial_tokens(self.visual)))

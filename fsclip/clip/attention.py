@@ -29,6 +29,9 @@ from torch import Tensor
 
 from .features import _attnpool, _check_map, attnpool_tokens, is_vit, resnet_trunk, vit_tokens
 
+# what an attention_maps hook tells the user when the backbone has no OpenAI CLIP modules to read
+ATTENTION_REMEDY = "draw this model with fsclip-explain gradcam or shapley (they need only its forward)"
+
 
 def attnpool_attention(attnpool: Any, dense: Tensor) -> Tensor:
     """The attention pool's query weights ``[B, H, 1 + HW]`` for a ``[B, C, h, w]`` map.

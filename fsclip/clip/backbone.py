@@ -110,15 +110,16 @@ class Backbone:
     def has(self, capability: str) -> bool:
         return capability in self.capabilities
 
-    def require(self, needs: Iterable[str], method: str) -> None:
-        """One ConfigError line when this backbone lacks something ``method`` needs."""
+    def require(self, needs: Iterable[str], method: str, remedy: Optional[str] = None) -> None:
+        """One ConfigError line when this backbone lacks something ``method`` needs; ``remedy`` (what
+        to do instead) replaces the default advice to run ``method`` on another backbone."""
         missing = [c for c in needs if c not in self.capabilities]
         if missing:
             what = "; ".join(f"{c} ({CAPABILITIES.get(c, c)})" for c in missing)
+            remedy = remedy or (f"run {method} on a backbone that has it (MODEL.BACKBONE.NAME; docs/backbones.md "
+                                "'Backbones' lists which method runs on which)")
             raise BackboneCapabilityError(
-                f"{method} needs {what}, which the {self.family} backbone {self.name!r} does not have: "
-                f"run {method} on a backbone that has it (MODEL.BACKBONE.NAME; docs/backbones.md "
-                "'Backbones' lists which method runs on which)")
+                f"{method} needs {what}, which the {self.family} backbone {self.name!r} does not have: {remedy}")
 
     # ------------------------------------------------------------------ image
     def encode_image(self, images: Tensor) -> Tensor:
@@ -136,6 +137,12 @@ class Backbone:
     def pooling_head(self) -> nn.Module:
         """A float32, trainable copy of the head ``P`` with ``P(G(x)) = encode_image(x)``."""
         raise NotImplementedError
+
+    @property
+    def has_pooling_head(self) -> bool:
+        """Whether :meth:`pooling_head` has parameters to fine-tune (False where the trunk is the
+        whole encoder and the head an identity); answered without copying the head."""
+        return True
 
     @property
     def trunk_kind(self) -> str:

@@ -346,6 +346,10 @@ class OpenCLIPBackbone(Backbone):
         return module.float().requires_grad_(True)
 
     @property
+    def has_pooling_head(self) -> bool:
+        return self.split in ("native-vit", "timm-vit")
+
+    @property
     def trunk_kind(self) -> str:
         return {"native-vit": "openclip-vit-tokens-before-last-block",
                 "timm-vit": "timm-vit-tokens-before-last-block"}.get(self.split, "openclip-global-features")

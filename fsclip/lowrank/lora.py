@@ -117,7 +117,7 @@ class LoRAMultiheadAttention(nn.Module):
                 y = y + self.lora[name](x).to(y.dtype)
             projected.append(y)
         q, k, v = projected
-        L, N, S = q.shape[0], q.shape[1], k.shape[0]
+        L, N = q.shape[0], q.shape[1]  # query length, batch
         q, k, v = (t.reshape(t.shape[0], N, h, d // h).permute(1, 2, 0, 3) for t in (q, k, v))  # [N, h, L, hd]
         if attn_mask is not None:
             attn_mask = attn_mask.to(q.dtype) if attn_mask.dtype != torch.bool else attn_mask

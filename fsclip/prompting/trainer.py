@@ -29,7 +29,7 @@ from __future__ import annotations
 import copy
 import datetime
 import time
-from typing import Any, Dict, Iterator, Optional, Tuple
+from typing import Dict, Iterator, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
