@@ -1,4 +1,4 @@
-"""SAFE and SAFE-A: Semantic-Aware FinE-tuning of CLIP's attention pooling (SAFE paper, III-B).
+"""SAFE: Semantic-Aware FinE-tuning of CLIP's attention pooling (SAFE paper, III-B).
 
 CLIP's image encoder is G (the feature extractor giving dense features F) followed by the
 attention pooling layer; for ViTs the last transformer block (with ln_post and the projection)
@@ -14,7 +14,7 @@ as CLIP does; so with AttnPool_F = AttnPool_O, normalize((1 + beta) f) = normali
 logits equal zero-shot CLIP's exactly. beta is read at evaluation time: change it with
 ``--eval-only --model-dir RUN TRAINER.SAFE.BETA 0.9`` without retraining.
 
-SAFE-A (Eq. 9-10): Tip-Adapter-F whose cache keys and test features are SAFE's blended features.
+SAFE-A (Eq. 9-10) is in ``safe_a.py``.
 
 Protocol (SAFE IV-A): AdamW, cosine schedule over ITERS steps, batch 8, grid over LRS x WDS,
 early stopping on the few-shot validation split every EVAL_EVERY steps. The grid's settings
@@ -39,7 +39,6 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch import Tensor
 from yacs.config import CfgNode as CN
 
@@ -49,7 +48,6 @@ from fsclip.adapt.search import RunResult, grid_search, train_with_early_stoppin
 from fsclip.adapt.stacked import (
     StackedAdamW, StackedHead, cross_entropy_per_setting, grid_search_stacked, train_stacked_with_early_stopping,
 )
-from fsclip.adapt.tip import CacheAdapter, fit_cache_adapter
 from fsclip.adapt.trainer import FrozenFeatureTrainer
 from fsclip.backend import TRAINER_REGISTRY
 from fsclip.clip.attention import ATTENTION_REMEDY
@@ -57,7 +55,6 @@ from fsclip.clip.features import is_vit, vit_tokens
 from fsclip.engine.optim import adamw
 from fsclip.errors import ConfigError
 
-from .tip_adapter import add_tip_cfg
 
 GRID_KEYS = {"lr": "TRAINER.SAFE.LRS", "weight_decay": "TRAINER.SAFE.WDS"}
 # TRAINER.SAFE.TRAIN_LAYERS -> (architecture, trunk stages moved into the head; None: either)
@@ -280,42 +277,3 @@ class SAFE(FrozenFeatureTrainer):
         return train_stacked_with_early_stopping(head, lambda _: self.loss(head, next_batch),
                                                  lambda: self.val_accuracy(head), opt, sched, int(s.ITERS),
                                                  int(s.EVAL_EVERY), int(s.PATIENCE), settings)
-
-
-@TRAINER_REGISTRY.register()
-class SAFE_A(SAFE):
-    """SAFE-A: Tip-Adapter-F on SAFE's blended features (Eq. 9-10 into Eq. 8)."""
-
-    PER_CLASS_STATE = True  # Tip-Adapter's cache (keys and one-hot values over these classes)
-
-    @classmethod
-    def extend_cfg(cls, cfg) -> None:
-        super().extend_cfg(cfg)
-        add_tip_cfg(cfg)
-
-    def build_method(self) -> None:
-        super().build_method()
-        n_keys = len(self.split_items("train"))
-        self.adapter = CacheAdapter(n_keys, self.text_weights.shape[1], len(self.classnames)).to(self.device)
-        self.register_model("cache_adapter", self.adapter, None, None)
-
-    def saved_class_count(self) -> int:
-        return self.adapter.values.shape[1]  # the cache's one-hot values
-
-    def fit(self) -> None:
-        self.fit_safe()
-        train = self.features("train")
-        n, v = train.shape[:2]
-        with torch.no_grad():  # Eq. (9): blended features of every training view
-            keys = torch.cat([self.blend(train[i:i + 64].flatten(0, 1).to(self.device)) for i in range(0, n, 64)])
-            val_feats = self.blend(self.features("val")[:, 0].to(self.device))
-        out = fit_cache_adapter(self.adapter, keys.reshape(n, v, -1), self.labels("train"), val_feats,
-                                self.labels("val"), self.text_weights, self.logit_scale, self.cfg.TRAINER.TIP,
-                                finetune=True, seed=max(self.cfg.SEED, 0))
-        self.log_choice("SAFE-A cache", alpha=out["alpha"], gamma=out["gamma"], val_accuracy=out["val_acc"])
-        self.save_model(self.safe_result.step - 1, self.output_dir, val_result=out["val_acc"],
-                        model_name="model-best.pth.tar")
-
-    def logits_from_dense(self, dense: Tensor) -> Tensor:
-        f = F.normalize(self.blend(dense), dim=-1)  # Eq. (10)
-        return self.adapter(f, self.text_weights, self.logit_scale)  # Eq. (8)
