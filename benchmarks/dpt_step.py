@@ -8,7 +8,7 @@ of length 10, CoOp's 16 context tokens, CAVPT in the last block with K_T = 10), 
 * reference (fanrena/DPT's step): the frozen image encoder runs on the batch for zero-shot
   CLIP's top-K classes, and the K class prompts, 77 tokens each, go through the whole text
   encoder forward and backward;
-* ours (trainers/dpt.py): the frozen features of the batch's views are read from the cache
+* ours (trainers/dpt.py, fsclip/prompting/cavpt.py): the frozen features of the batch's views are read from the cache
   (fixed views, computed once), and the prompts go through the prefix-shared encoder at short
   context (SOT + context once, the K class suffixes attend to it).
 
@@ -37,7 +37,7 @@ from fsclip.clip.compat import import_clip  # noqa: E402
 from fsclip.clip.text import encode_text_embeddings, tokenize  # noqa: E402
 from fsclip.prompting.prompt_learner import TextPromptLearner  # noqa: E402
 from fsclip.prompting.visual import VisualPrompts  # noqa: E402
-from fsclip.trainers.dpt import CAVPT, cavpt_loss, prompted_image_features  # noqa: E402
+from fsclip.prompting.cavpt import CAVPT, cavpt_loss, prompted_image_features  # noqa: E402
 
 WORDS = ["red", "spotted", "mountain", "sports car", "tabby cat", "golden retriever", "oak", "fighter jet",
          "espresso", "paper lantern", "sea urchin", "ice cream sandwich"]

@@ -22,7 +22,7 @@ from fsclip.engine.config import get_cfg_default
 from fsclip.errors import ConfigError
 from fsclip.prompting.visual import VisualPrompts, vit_prompted_forward, vit_prompted_tokens
 from fsclip.prompting.visual_data import FixedViewDataset
-from fsclip.trainers.dpt import CAVPT, cavpt_loss
+from fsclip.prompting.cavpt import CAVPT, cavpt_loss
 
 VARIANTS = ["VPT_CLIP", "VPT_CLIP_CAVPT", "VLP_CLIP", "VLP_CLIP_CAVPT"]
 

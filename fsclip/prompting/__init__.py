@@ -4,8 +4,10 @@ The sibling of ``fsclip.adapt`` (frozen-trunk methods): the text prompt learner 
 prefix-shared text encoder (CoOp, CoCoOp, ProGrad, KgCoOp, DPT's joint prompts), visual prompt
 injection into CLIP's ViT (the DPT family), and the reading of cached image views for methods
 whose image encoder stays frozen. It may use ``fsclip.adapt``'s feature cache; ``fsclip.adapt``
-never imports it. A method's own pieces (CoCoOp's meta-net, ProGrad's gradient rule, CAVPT)
-stay in that method's trainer file.
+never imports it. A method's own pieces (CoCoOp's meta-net, ProGrad's gradient rule) stay in
+that method's trainer file; DPT's class-aware prompts (``cavpt.py``: the CAVPT module, its loss,
+the prompted forward) sit here because two DPT variants and ``benchmarks/dpt_step.py`` use them
+and ``trainers/dpt.py`` (four variants) stays readable without them.
 
 Text prompts (``fsclip.prompting.prompt_learner``; stable API)::
 
@@ -43,6 +45,13 @@ Deep vision-language prompts (``fsclip.prompting.deep``; MaPLe, PromptSRC)::
                                                                      # V_i replace the prompt slots of block i
     DeepPrompts(depth, length, width)                                # learnable [depth, length, width]
     DeepPromptTrainer                                                # the trainer template of both
+
+Class-aware visual prompts (``fsclip.prompting.cavpt``; DPT's CAVPT variants)::
+
+    CAVPT(text_dim, width, K)(tokens [B, N, width], text [B, K_T, D]) -> prompts [B, K_T, width],
+                                                                        logits [B, K_T, K]
+    cavpt_loss([logits per block], selected [B, K_T], labels [B], mode="soft")  # Eq. 10
+    prompted_image_features(visual, images, vpt, cavpt, queries) -> [B, D], [logits per block]
 
 Cached image views for text-only methods (``fsclip.prompting.trainer``):
 ``PromptLearningTrainer`` (a ``FrozenFeatureTrainer``) trains text-side parameters on CLIP's
