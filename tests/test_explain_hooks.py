@@ -89,6 +89,21 @@ def test_image_logits_are_the_eval_logits_with_gradients(world, name, arch):
     assert images.grad is not None and images.grad.abs().sum() > 0, name
 
 
+@pytest.mark.parametrize("name,arch", CASES, ids=["-".join(c) for c in CASES])
+def test_model_inference_itself_masks_classes_outside_the_label_subset(world, name, arch):
+    """ImageNet-A/R score 200 of ImageNet's classes: real Dassl's test loop calls model_inference
+    bare, so every trainer's model_inference applies the dataset's label_subset itself."""
+    t = world(name, arch)
+    dataset = t.dm.dataset
+    dataset.label_subset = (0, 2)
+    try:
+        with torch.no_grad():
+            logits = t.model_inference(IMAGES)
+    finally:
+        del dataset.label_subset
+    assert torch.isneginf(logits[:, 1]).all() and torch.isfinite(logits[:, [0, 2]]).all(), name
+
+
 def test_every_method_has_image_logits_and_the_documented_ones_have_maps():
     assert set(trainers_with("image_logits")) >= set(BUILT_IN)
     assert {t for t in trainers_with("attention_maps") if t in BUILT_IN} == WITH_MAPS

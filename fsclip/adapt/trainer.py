@@ -307,8 +307,9 @@ class FrozenFeatureTrainer(PrecisionChecks, TrainerX):
 
     @torch.no_grad()
     def model_inference(self, images: Tensor) -> Tensor:
-        """The uncached path: logits straight from images (same result as the cached path)."""
-        return self.logits_from_dense(self.trunk(images))
+        """The uncached path: logits straight from images (same result as the cached path), with
+        classes outside the dataset's label subset masked (real Dassl's test loop calls this bare)."""
+        return self.restrict_logits(self.logits_from_dense(self.trunk(images)))
 
     def saved_class_count(self) -> Optional[int]:
         """How many classes the loaded per-class state scores (None: the method keeps none)."""

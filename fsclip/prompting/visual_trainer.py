@@ -188,9 +188,10 @@ class VisualPromptTrainer(PrecisionChecks, TrainerX):
 
     @torch.no_grad()
     def model_inference(self, inputs: Any) -> Tensor:
-        """Logits ``[B, K]`` from ``(images, frozen features)`` or from images alone."""
+        """Logits ``[B, K]`` from ``(images, frozen features)`` or from images alone, classes
+        outside the dataset's label subset masked (real Dassl's test loop calls this bare)."""
         images, frozen = inputs if isinstance(inputs, tuple) else (inputs, None)
-        return self.prompted_forward(images, frozen)[0]
+        return self.restrict_logits(self.prompted_forward(images, frozen)[0])
 
     def prompted_forward(self, images: Tensor, frozen: Optional[Tensor] = None) -> Tuple[Tensor, Dict[str, Any]]:
         """``forward_logits`` in the run's precision from images ``[B, 3, H, W]`` (the frozen
