@@ -43,7 +43,7 @@ RN = ("micro_rn",)
 
 
 @pytest.mark.parametrize("method,trainer,args", [
-    ("safe", "SAFE", RN), ("tip_adapter_f", "TipAdapterF", RN), ("clip_adapter", "CLIPAdapter", RN),
+    ("safe", "SAFE", RN), ("safe_a", "SAFE_A", RN), ("tip_adapter", "TipAdapter", RN), ("tip_adapter_f", "TipAdapterF", RN), ("clip_adapter", "CLIPAdapter", RN),
     ("linear_probe", "LinearProbe", RN), ("cross_modal", "CrossModal", RN), ("wiseft", "WiSEFT", RN),
     ("lppp", "LPPP", RN), ("coop", "CoOp", RN), ("cocoop", "CoCoOp", RN), ("prograd", "ProGrad", RN),
     ("gda", "GDA", RN), ("proker", "ProKeR", RN),

@@ -1,6 +1,6 @@
 #!/bin/bash
-# Re-evaluate trained TipAdapterF runs without retraining (e.g. TRAINER.SAFE.BETA 0.9).
-#   EVAL_TAG=beta0.9 bash scripts/tip_adapter_f/eval.sh DATASET SHOTS [CFG] [KEY VALUE ...]
+# Re-evaluate trained TipAdapterF runs without retraining (another test-time option, e.g. TRAINER.FEATURES.PREC fp32).
+#   EVAL_TAG=fp32 bash scripts/tip_adapter_f/eval.sh DATASET SHOTS [CFG] [KEY VALUE ...]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source scripts/common.sh
