@@ -27,15 +27,7 @@ def results(kit_root, kit_cache, tmp_path_factory, method):
     return _TABLES[method]
 
 
-# PromptSRC on SynthShapes: 36.2 vs zero-shot 34.3 (+1.9, below MARGIN) with the kit config; a
-# known shortfall kept visible (strict: the day it passes, this marker must go)
-SHORT = {("PromptSRC", "synth_shapes"): "PromptSRC's self-regulation to the weak zero-shot MicroViT keeps it "
-                                        "within 2 points on SynthShapes (kit config to be re-chosen on val)"}
-
-
 @pytest.mark.parametrize("dataset", DATASETS)
 @pytest.mark.parametrize("method", METHODS)
-def test_beats_zero_shot(results, dataset, method, request):
-    if (method, dataset) in SHORT:
-        request.applymarker(pytest.mark.xfail(reason=SHORT[(method, dataset)], strict=True))
+def test_beats_zero_shot(results, dataset, method):
     assert results[(dataset, method)] >= results[(dataset, "ZeroShot")] + MARGIN, (method, dataset, results)
