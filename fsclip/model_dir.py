@@ -106,9 +106,13 @@ def describe_model(model_dir: str, recorded: Optional[dict], names: Optional[Lis
             f"{rec.get('DATASET.NUM_SHOTS', '?')} shots, seed {rec.get('SEED', '?')}")
 
 
-def check_model_dir(trainer: Any, model_dir: str) -> None:
-    """Log what ``model_dir`` holds; raise a ConfigError when its per-class state belongs to other
-    classes than this run's (see the module docstring)."""
+def check_model_dir(trainer: Any, model_dir: str, flag: str = "--model-dir") -> None:
+    """Log what ``model_dir`` holds; raise a ConfigError when there is no such folder (``flag``: the
+    option that named it) or when its per-class state belongs to other classes than this run's
+    (see the module docstring)."""
+    if not osp.isdir(model_dir):
+        raise ConfigError(f"{flag} {model_dir} does not exist: give the output folder of a training run of "
+                          f"{type(trainer).__name__} (train it first, with the same dataset, shots, config and seed)")
     cfg = trainer.cfg
     recorded, names = read_training_config(model_dir), read_classnames(model_dir)
     print(describe_model(model_dir, recorded, names))

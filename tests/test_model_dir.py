@@ -109,6 +109,12 @@ def test_other_class_count_is_one_error_line_not_a_size_mismatch(world, capsys):
     assert "cannot verify" in world.log("ev_C_old")
 
 
+def test_a_model_dir_that_does_not_exist_is_one_error_line_before_any_note(world, capsys):
+    line = refused(world, world.eval_argv("TipAdapter", "never_trained", "ev_none", data="A"), "ev_none", capsys)
+    assert osp.join(world.base, "never_trained") in line and "does not exist" in line and "train it first" in line
+    assert "no record of its training run" not in world.log("ev_none")  # no misleading notes before it
+
+
 def test_eval_log_records_the_models_dataset_classes_shots_and_seed(world, capsys):
     argv = world.eval_argv("CoOp", "coop_A", "ev_shots", data="A")
     argv[argv.index("DATASET.NUM_SHOTS") + 1] = "1"

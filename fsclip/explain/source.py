@@ -168,7 +168,7 @@ def _load_checkpoint(trainer: Any, run_dir: str) -> None:
 
     if not trainer.get_model_names():
         return  # a training-free method: nothing to load
-    check_model_dir(trainer, run_dir)
+    check_model_dir(trainer, run_dir, "--run")
     try:
         trainer.load_model(run_dir)
     except FileNotFoundError as err:
