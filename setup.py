@@ -33,14 +33,17 @@ setup(
         # what the tests exercise beyond the core: the Slurm path of fsclip-sweep (through
         # submitit's local executor), the plots of fsclip-results, and an independent check
         # of the linear probe's logistic regression (scikit-learn); the analysis figures of
-        # fsclip-explain (grad-cam, captum, pycocotools) and the OpenCLIP backbones (open_clip)
+        # fsclip-explain (grad-cam, captum, pycocotools) and the OpenCLIP backbones (open_clip;
+        # transformers for the Hugging Face tokenizers of SigLIP/SigLIP2)
         "test": ["pytest>=7", "submitit>=1.5", "matplotlib>=3.7", "scikit-learn>=1.1",
-                 "grad-cam>=1.5", "captum>=0.7", "pycocotools>=2.0.7", "open-clip-torch>=3.0"],
+                 "grad-cam>=1.5", "captum>=0.7", "pycocotools>=2.0.7", "open-clip-torch>=3.0",
+                 "transformers>=4.40"],
         # fsclip-explain: Smooth Grad-CAM++ (grad-cam), Shapley values (captum), part masks
         # (pycocotools) and the panels (matplotlib)
         "explain": ["grad-cam>=1.5", "captum>=0.7", "pycocotools>=2.0.7", "matplotlib>=3.7"],
-        # backbones beyond OpenAI's CLIP: OpenCLIP, SigLIP/SigLIP2, EVA-CLIP, MetaCLIP
-        "openclip": ["open-clip-torch>=3.0"],
+        # backbones beyond OpenAI's CLIP: OpenCLIP, SigLIP/SigLIP2 (their Hugging Face tokenizers:
+        # transformers, sentencepiece), EVA-CLIP, MetaCLIP
+        "openclip": ["open-clip-torch>=3.0", "transformers>=4.40", "sentencepiece"],
         "tensorboard": ["tensorboard"],
         "plots": ["matplotlib>=3.7"],
         "slurm": ["submitit>=1.5"],

@@ -19,7 +19,7 @@ from fsclip.cli import extend_cfg, main
 from fsclip.clip.backbone import BackboneCapabilityError
 from fsclip.clip.families import load_backbone
 from fsclip.clip.openclip import OpenCLIPError, OpenCLIPWeightsNotFoundError, _tokenizer
-from fsclip.clip.tiny_openclip import build_tiny_openclip, save_tiny_openclip
+from fsclip.clip.tiny_openclip import build_tiny_openclip, save_tiny_hf_tokenizer, save_tiny_openclip
 from fsclip.engine.config import get_cfg_default
 from fsclip.errors import ConfigError
 from fsclip.prompting import TextPromptLearner
@@ -233,6 +233,43 @@ def test_missing_openclip_weights_say_where_to_put_them(tmp_path):
         _tokenizer("ViT-B-16-SigLIP2", 64, cache)
     with pytest.raises(OpenCLIPError, match="not an OpenCLIP architecture"):
         load_backbone("openclip:ViT-Q-99:x", cache_dir=cache)
+
+
+def test_a_hugging_face_tokenizer_loads_offline_from_the_model_folder_and_the_hub_cache(toy_root, tmp_path):
+    """SigLIP's text side reads a Hugging Face tokenizer (``hf_tokenizer_name``): from the model's
+    own folder (local-dir) or from the HF hub cache (config + weights), offline, giving OpenCLIP's
+    own ``HFTokenizer`` tokens; zero-shot CLIP through it is the hand formula on those tokens."""
+    pytest.importorskip("transformers")
+    from open_clip.tokenizer import HFTokenizer
+
+    model, cfg = build_tiny_openclip("siglip", seed=3, image_size=64)
+    repo = "fsclip-test/tiny-wordlevel"
+    cfg["text_cfg"] = dict(cfg["text_cfg"], hf_tokenizer_name=repo, tokenizer_kwargs={"clean": "canonicalize"})
+    paths = save_tiny_openclip(model, cfg, str(tmp_path / "m"), name="fsclip-test-siglip-hf")
+    save_tiny_hf_tokenizer(paths["dir"], ["a", "photo", "of", "the", *" ".join(NAMES).split()])
+    snapshot = tmp_path / "hub" / f"models--{repo.replace('/', '--')}" / "snapshots" / ("0" * 40)
+    save_tiny_hf_tokenizer(str(snapshot), ["a", "photo", "of", "the", *" ".join(NAMES).split()])
+    (snapshot.parent.parent / "refs").mkdir()
+    (snapshot.parent.parent / "refs" / "main").write_text("0" * 40)
+    reference = HFTokenizer(paths["dir"], context_length=model.context_length, clean="canonicalize")
+    texts = ["a photo of a circle.", "A photo of the RED triangle!", "a blurry photo of a square"]
+    for name, cache in ((spec(paths, "dir"), ""), (spec(paths, "config+file"), str(tmp_path / "hub"))):
+        bb = load_backbone(name, precision="fp32", cache_dir=cache)
+        tokens = bb.tokenize(texts)
+        assert torch.equal(tokens, reference(texts)), name
+        # by hand (vocabulary <pad> </s> <unk> a photo of the circle square red triangle): cleaned,
+        # lower-cased, unknown words <unk>, then </s> and padding
+        assert tokens[1, :8].tolist() == [3, 4, 5, 6, 9, 10, 1, 0] and tokens[2, :8].tolist() == [3, 2, 4, 5, 3, 8, 1, 0]
+        with torch.no_grad():
+            torch.testing.assert_close(bb.encode_tokens(tokens), model.encode_text(reference(texts)), rtol=0, atol=0)
+    trainer = _toy_trainer(toy_root, tmp_path, spec(paths, "dir"), "ZeroshotCLIP2")
+    images = next(iter(trainer.test_loader))["img"]
+    templates = get_templates("ToyImages", "ensemble")
+    with torch.no_grad():
+        rows = [F.normalize(F.normalize(model.encode_text(reference([t.format(c) for t in templates])), dim=-1).mean(0),
+                            dim=0) for c in trainer.dm.dataset.classnames]
+        hand = model.logit_scale.exp() * F.normalize(model.encode_image(images), dim=-1) @ torch.stack(rows).t()
+        torch.testing.assert_close(trainer.model_inference(images), hand + model.logit_bias, rtol=1e-4, atol=1e-4)
 
 
 def test_pixel_statistics_other_than_the_weights_are_one_config_error(toy_root, tmp_path, tiny):

@@ -13,6 +13,8 @@ Two configs, both with CLIP's BPE tokenizer (bundled with open_clip, so nothing 
 :func:`save_tiny_openclip` writes the two layouts the OpenCLIP loader reads: a folder with
 ``open_clip_config.json`` and ``open_clip_pytorch_model.bin`` (``openclip:local-dir:<folder>``),
 and the model-config JSON next to a state dict (``openclip:<config.json>:<weights.bin>``).
+:func:`save_tiny_hf_tokenizer` writes a tiny Hugging Face tokenizer, for a config whose
+``text_cfg`` names one (``hf_tokenizer_name``, as SigLIP's do).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from __future__ import annotations
 import copy
 import json
 import os
-from typing import Dict, Tuple
+from typing import Dict, Sequence, Tuple
 
 import torch
 
@@ -82,3 +84,23 @@ def save_tiny_openclip(model: torch.nn.Module, config: Dict, folder: str, name: 
         json.dump(config, f)
     torch.save(state, paths["weights"])
     return paths
+
+
+def save_tiny_hf_tokenizer(folder: str, words: Sequence[str]) -> str:
+    """Write a tiny Hugging Face fast tokenizer (``tokenizer.json``, ``tokenizer_config.json``) to
+    ``folder``: a lower-cased word-level vocabulary of ``words`` (others map to ``<unk>``), ``</s>``
+    after the text and ``<pad>`` = 0, the shape of SigLIP's tokenizers, for offline tests of the
+    HF-tokenizer path (needs ``tokenizers`` and ``transformers``)."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2}
+    for w in words:
+        vocab.setdefault(w.lower(), len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+    fast.save_pretrained(folder)
+    return folder
