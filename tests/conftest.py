@@ -115,6 +115,24 @@ def method_cfg(toy_root: str, tmp_path, weights: str, trainer: str, train_views:
     return cfg
 
 
+def trainer_configs(*trainers: str) -> dict:
+    """Every ``configs/trainers/<T>/*.yaml`` of ``trainers`` merged onto the defaults (a key the
+    defaults lack fails the merge), keyed ``"<T>/<file>.yaml"``."""
+    import glob
+
+    from fsclip.cli import extend_cfg
+    from fsclip.engine.config import get_cfg_default
+
+    loaded = {}
+    for trainer in trainers:
+        for path in sorted(glob.glob(osp.join(REPO, "configs", "trainers", trainer, "*.yaml"))):
+            cfg = get_cfg_default()
+            extend_cfg(cfg)
+            cfg.merge_from_file(path)
+            loaded[f"{trainer}/{osp.basename(path)}"] = cfg
+    return loaded
+
+
 def zero_shot_logits(trainer, images, prompts: str = "single"):
     """Zero-shot CLIP's logits of ``images``, computed from the trainer's frozen CLIP directly (the
     reference of the identity-case parity tests). ``prompts="single"``: the template "a photo of a

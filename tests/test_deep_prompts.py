@@ -4,22 +4,18 @@ on the text side, eval-only reloads and errors, on tiny CLIPs."""
 
 from __future__ import annotations
 
-import glob
-import os.path as osp
 
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import REPO, method_cfg, set_opts, zero_shot_logits
+from conftest import method_cfg, set_opts, trainer_configs, zero_shot_logits
 
 import fsclip.datasets  # noqa: F401
 import fsclip.trainers  # noqa: F401
 from fsclip.backend import build_trainer
-from fsclip.cli import extend_cfg
 from fsclip.clip.compat import import_clip
 from fsclip.clip.text import encode_text_embeddings
 from fsclip.clip.tiny import build_tiny_clip, save_tiny_clip
-from fsclip.engine.config import get_cfg_default
 from fsclip.errors import ConfigError
 from fsclip.prompting.deep import (
     deep_image_features, deep_text_features, encode_deep_text, vision_block_prompts,
@@ -201,18 +197,13 @@ def test_maple_refuses_a_resnet(toy_root, tmp_path):
 
 
 def test_maple_configs_merge_with_the_official_defaults():
-    loaded = {}
-    for path in sorted(glob.glob(osp.join(REPO, "configs", "trainers", "MaPLe", "*.yaml"))):
-        cfg = get_cfg_default()
-        extend_cfg(cfg)
-        cfg.merge_from_file(path)
-        loaded[osp.basename(path)] = cfg
-    b2n = loaded["vit_b16_c2_ep5_batch4_2ctx.yaml"]
+    loaded = trainer_configs("MaPLe")
+    b2n = loaded["MaPLe/vit_b16_c2_ep5_batch4_2ctx.yaml"]
     m = b2n.TRAINER.MAPLE
     assert (m.N_CTX, m.CTX_INIT, m.PROMPT_DEPTH, m.PREC) == (2, "a photo of a", 9, "fp16")
     assert (b2n.OPTIM.LR, b2n.OPTIM.MAX_EPOCH, b2n.DATALOADER.TRAIN_X.BATCH_SIZE, b2n.OPTIM.WARMUP_EPOCH,
             b2n.OPTIM.WARMUP_CONS_LR, b2n.MODEL.BACKBONE.NAME) == (0.0035, 5, 4, 1, 1e-5, "ViT-B/16")
-    xd = loaded["vit_b16_c2_ep2_batch4_2ctx_cross_datasets.yaml"]
+    xd = loaded["MaPLe/vit_b16_c2_ep2_batch4_2ctx_cross_datasets.yaml"]
     assert (xd.OPTIM.LR, xd.OPTIM.MAX_EPOCH, xd.TRAINER.MAPLE.PROMPT_DEPTH) == (0.0026, 2, 3)
-    assert loaded["vit_b16_fewshot.yaml"].OPTIM.MAX_EPOCH == 50
-    assert set(loaded) >= {"micro_vit.yaml"}
+    assert loaded["MaPLe/vit_b16_fewshot.yaml"].OPTIM.MAX_EPOCH == 50
+    assert set(loaded) >= {"MaPLe/micro_vit.yaml"}

@@ -3,22 +3,19 @@ zero-prompt identities, fixed training views, errors, and eval-only reloads on a
 
 from __future__ import annotations
 
-import glob
 import math
-import os.path as osp
 
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import REPO, method_cfg, set_opts, zero_shot_logits
+from conftest import method_cfg, set_opts, trainer_configs, zero_shot_logits
 
 import fsclip.datasets  # noqa: F401
 import fsclip.trainers  # noqa: F401
 from fsclip.adapt.extract import ViewDataset
 from fsclip.backend import build_trainer
-from fsclip.cli import extend_cfg, main as cli_main
+from fsclip.cli import main as cli_main
 from fsclip.clip.tiny import build_tiny_clip, save_tiny_clip
-from fsclip.engine.config import get_cfg_default
 from fsclip.errors import ConfigError
 from fsclip.prompting.visual import VisualPrompts, vit_prompted_forward, vit_prompted_tokens
 from fsclip.prompting.visual_data import FixedViewDataset
@@ -250,14 +247,8 @@ def test_train_then_eval_only_reloads_every_learned_part(toy_root, tmp_path, tin
 
 
 def test_configs_merge_and_official_presets_select_the_codes_choices():
-    files = sorted(f for t in VARIANTS for f in glob.glob(osp.join(REPO, "configs", "trainers", t, "*.yaml")))
-    assert len(files) == 20  # vit_b32, vit_b16, official, micro_vit (+ VPT_CLIP's *_shallow)
-    loaded = {}
-    for path in files:
-        cfg = get_cfg_default()
-        extend_cfg(cfg)
-        cfg.merge_from_file(path)  # every key exists
-        loaded[osp.relpath(path, osp.join(REPO, "configs", "trainers"))] = cfg
+    loaded = trainer_configs(*VARIANTS)  # every key exists
+    assert len(loaded) == 20  # vit_b32, vit_b16, official, micro_vit (+ VPT_CLIP's *_shallow)
     paper, official = loaded["VLP_CLIP_CAVPT/vit_b32.yaml"], loaded["VLP_CLIP_CAVPT/official.yaml"]
     assert (paper.OPTIM.MAX_EPOCH, paper.OPTIM.WARMUP_EPOCH, paper.OPTIM.WARMUP_CONS_LR) == (200, 10, 1e-5)
     assert paper.TRAINER.DPT.VPT.LENGTH == 10 and paper.TRAINER.DPT.TEXT.N_CTX == 16

@@ -4,22 +4,18 @@ checkpoint holding the aggregate, the text-side start at the template, errors, c
 
 from __future__ import annotations
 
-import glob
 import math
-import os.path as osp
 
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import REPO, method_cfg, set_opts
+from conftest import method_cfg, set_opts, trainer_configs
 
 import fsclip.datasets  # noqa: F401
 import fsclip.trainers  # noqa: F401
 from fsclip.adapt.prompts import prompt_classifier
 from fsclip.backend import build_trainer
-from fsclip.cli import extend_cfg
 from fsclip.clip.tiny import build_tiny_clip, save_tiny_clip
-from fsclip.engine.config import get_cfg_default
 from fsclip.errors import ConfigError
 from fsclip.trainers.promptsrc import PromptSRC, gpa_weights, scl_l1, scl_logits
 
@@ -129,20 +125,15 @@ def test_gpa_with_best_val_is_refused(toy_root, tmp_path, tiny_vit_path):
 
 
 def test_promptsrc_configs_merge_with_the_official_defaults():
-    loaded = {}
-    for path in sorted(glob.glob(osp.join(REPO, "configs", "trainers", "PromptSRC", "*.yaml"))):
-        cfg = get_cfg_default()
-        extend_cfg(cfg)
-        cfg.merge_from_file(path)
-        loaded[osp.basename(path)] = cfg
-    b2n = loaded["vit_b16_c2_ep20_batch4_4+4ctx.yaml"]
+    loaded = trainer_configs("PromptSRC")
+    b2n = loaded["PromptSRC/vit_b16_c2_ep20_batch4_4+4ctx.yaml"]
     c = b2n.TRAINER.PROMPTSRC
     assert (c.N_CTX_TEXT, c.N_CTX_VISION, c.PROMPT_DEPTH_TEXT, c.PROMPT_DEPTH_VISION, c.TEXT_LOSS_WEIGHT,
             c.IMAGE_LOSS_WEIGHT, c.GPA_MEAN, c.GPA_STD) == (4, 4, 9, 9, 25.0, 10.0, 15.0, 1.0)
     assert (b2n.OPTIM.LR, b2n.OPTIM.MAX_EPOCH, b2n.DATALOADER.TRAIN_X.BATCH_SIZE) == (0.0025, 20, 4)
-    fs = loaded["vit_b16_c2_ep50_batch4_4+4ctx_few_shot.yaml"]
+    fs = loaded["PromptSRC/vit_b16_c2_ep50_batch4_4+4ctx_few_shot.yaml"]
     assert (fs.OPTIM.MAX_EPOCH, fs.TRAINER.PROMPTSRC.GPA_MEAN, fs.TRAINER.PROMPTSRC.GPA_STD) == (50, 30.0, 30.0)
-    xd = loaded["vit_b16_c2_ep20_batch4_4+4ctx_cross_datasets.yaml"]
+    xd = loaded["PromptSRC/vit_b16_c2_ep20_batch4_4+4ctx_cross_datasets.yaml"]
     assert (xd.TRAINER.PROMPTSRC.PROMPT_DEPTH_TEXT, xd.TRAINER.PROMPTSRC.GPA_MEAN, xd.TRAINER.PROMPTSRC.GPA_STD) \
         == (3, 6.0, 10.0)
     assert all(cfg.TEST.FINAL_MODEL == "last_step" for cfg in loaded.values())
